@@ -1,0 +1,208 @@
+"""DiT forward benchmark: our WanModel against diffusers' WanTransformer3DModel, same bf16 weights.
+
+Both models share one set of random bf16 weights on the GPU (diffusers' parameters are assigned
+ours, no copy). Ours runs under torch.autocast('cuda', bfloat16) as the reference pipelines call it;
+diffusers runs in its weights' dtype as its pipelines do. Reported: median of --repeats timed
+forwards after one warm-up, peak memory of the timed forwards, and our output's relative error
+against diffusers'.
+
+  python bench/bench_dit.py                       # 5B and A14B on the GPU (about 3 minutes on H200)
+  python bench/bench_dit.py --which 5b --repeats 5
+  python bench/bench_dit.py --smoke               # tiny sizes on the CPU: checks the script only
+
+Writes one JSON file to $OUT (default bench/results).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import json
+import logging
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from tests.tiny.dit import diffusers_config, random_init, to_diffusers_state_dict  # noqa: E402
+from wan.modules.attention import resolve_backend  # noqa: E402
+from wan.modules.model import WanModel  # noqa: E402
+
+TEXT_TOKENS = 120  # true prompt length before zero padding to 512
+
+# name -> (WanModel config, latent [C, T, h, w], per-token timesteps)
+WORKLOADS = {
+    '5b': (dict(model_type='ti2v', dim=3072, ffn_dim=14336, num_heads=24, num_layers=30, in_dim=48,
+                out_dim=48), (48, 31, 44, 80), True),      # 704x1280, 121 frames
+    'a14b': (dict(model_type='t2v', dim=5120, ffn_dim=13824, num_heads=40, num_layers=40, in_dim=16,
+                  out_dim=16), (16, 21, 90, 160), False),  # 720x1280, 81 frames
+}
+SMOKE = {
+    '5b': (dict(model_type='ti2v', dim=64, ffn_dim=128, num_heads=2, num_layers=2, in_dim=48,
+                out_dim=48), (48, 3, 8, 8), True),
+    'a14b': (dict(model_type='t2v', dim=64, ffn_dim=128, num_heads=2, num_layers=2, in_dim=16,
+                  out_dim=16), (16, 3, 8, 8), False),
+}
+COMMON = dict(freq_dim=256, text_len=512, eps=1e-6)
+
+
+def forward_flops(config: dict, tokens: int) -> float:
+    """Matmul + attention FLOPs of one forward (time/text embeddings and head are negligible)."""
+    c, f, n_txt = config['dim'], config['ffn_dim'], config['text_len']
+    per_block = (8 * tokens * c * c            # self-attention q, k, v, o
+                 + 4 * tokens * c * c + 4 * n_txt * c * c  # cross-attention q, o and k, v
+                 + 4 * tokens * c * f          # FFN
+                 + 4 * tokens * tokens * c     # self-attention scores and values
+                 + 4 * tokens * n_txt * c)     # cross-attention scores and values
+    return per_block * config['num_layers']
+
+
+@torch.no_grad()
+def init_random_(model: torch.nn.Module, dim: int, seed: int) -> None:
+    """Fill every parameter in place on its device (never zeros; see tests/tiny/dit.random_init)."""
+    generator = torch.Generator(next(model.parameters()).device).manual_seed(seed)
+    for key, param in model.named_parameters():
+        mean, std = random_init(key, tuple(param.shape), dim)
+        param.normal_(mean, std, generator=generator)
+
+
+def timed(fn, repeats: int, device: torch.device) -> tuple[torch.Tensor, list[float], float | None]:
+    """One warm-up call, then `repeats` timed calls; returns last output, times, peak GiB."""
+    cuda = device.type == 'cuda'
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    fn()
+    sync()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = fn()
+        sync()
+        times.append(time.perf_counter() - start)
+    peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
+    return out, times, peak
+
+
+def run_workload(name: str, config: dict, latent: tuple[int, ...], per_token: bool,
+                 device: torch.device, repeats: int) -> dict:
+    from diffusers import WanTransformer3DModel
+    config = {**config, **COMMON}
+    with torch.device('meta'):
+        ours = WanModel(**config).to(torch.bfloat16)
+    ours = ours.to_empty(device=device).eval().requires_grad_(False)
+    init_random_(ours, config['dim'], seed=0)
+
+    generator = torch.Generator(device).manual_seed(1)
+    x = torch.randn(latent, device=device, generator=generator)
+    context = torch.randn(TEXT_TOKENS, 4096, device=device, generator=generator).to(torch.bfloat16)
+    c, f, h, w = latent
+    seq_len = f * (h // 2) * (w // 2)
+    if per_token:  # TI2V: the first latent frame's tokens have t = 0 (spec 3.7)
+        t = torch.full((1, seq_len), 900, device=device, dtype=torch.long)
+        t[:, :(h // 2) * (w // 2)] = 0
+    else:
+        t = torch.tensor([900], device=device)
+
+    def ours_forward():
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16):
+            return ours([x], t, [context], seq_len)[0]
+    out_ours, times_ours, peak_ours = timed(ours_forward, repeats, device)
+
+    with torch.device('meta'):
+        theirs = WanTransformer3DModel(**diffusers_config(config))
+    theirs.load_state_dict(to_diffusers_state_dict(ours.state_dict()), strict=True, assign=True)
+    rope = type(theirs.rope)(config['dim'] // config['num_heads'], (1, 2, 2), 1024)  # buffers were meta
+    theirs.rope = rope.to(device)
+    theirs.eval().requires_grad_(False)
+    hidden = x[None].to(torch.bfloat16)
+    padded = torch.cat([context, context.new_zeros(512 - TEXT_TOKENS, 4096)])[None]
+
+    def theirs_forward():
+        return theirs(hidden, t, padded, return_dict=False)[0][0]
+    with torch.no_grad():
+        out_theirs, times_theirs, peak_theirs = timed(theirs_forward, repeats, device)
+
+    out_theirs = out_theirs.float()
+    flops = forward_flops(config, seq_len)
+    result = {
+        'workload': name, 'latent': list(latent), 'tokens': seq_len, 'per_token_t': per_token,
+        'config': config, 'pflop_per_forward': flops / 1e15,
+        'ours': {'median_s': statistics.median(times_ours), 'times_s': times_ours,
+                 'peak_gib': peak_ours, 'tflops': flops / statistics.median(times_ours) / 1e12},
+        'diffusers': {'median_s': statistics.median(times_theirs), 'times_s': times_theirs,
+                      'peak_gib': peak_theirs, 'tflops': flops / statistics.median(times_theirs) / 1e12},
+        'rel_err_vs_diffusers': ((out_ours - out_theirs).norm() / out_theirs.norm()).item(),
+        'max_abs_err_vs_diffusers': (out_ours - out_theirs).abs().max().item(),
+        'speedup_vs_diffusers': statistics.median(times_theirs) / statistics.median(times_ours),
+    }
+    del theirs, ours, out_ours, out_theirs
+    gc.collect()
+    if device.type == 'cuda':
+        torch.cuda.empty_cache()
+    return result
+
+
+def git_commit() -> str | None:
+    try:
+        return subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def print_table(results: list[dict]) -> None:
+    def gib(v):
+        return '-' if v is None else f'{v:.1f}'
+    print(f'{"workload":<8} {"impl":<10} {"median s":>9} {"TFLOP/s":>8} {"peak GiB":>9} {"speedup":>8} '
+          f'{"rel err":>9}')
+    for r in results:
+        for impl in ('ours', 'diffusers'):
+            m = r[impl]
+            extra = (f'{r["speedup_vs_diffusers"]:>7.2f}x {r["rel_err_vs_diffusers"]:>9.2e}'
+                     if impl == 'ours' else '')
+            print(f'{r["workload"]:<8} {impl:<10} {m["median_s"]:>9.3f} {m["tflops"]:>8.1f} '
+                  f'{gib(m["peak_gib"]):>9} {extra}')
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--which', choices=('5b', 'a14b', 'all'), default='all')
+    parser.add_argument('--repeats', type=int, default=3)
+    parser.add_argument('--smoke', action='store_true', help='tiny sizes on the CPU')
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format='%(name)s: %(message)s')
+
+    device = torch.device('cpu' if args.smoke or not torch.cuda.is_available() else 'cuda')
+    if not args.smoke and device.type != 'cuda':
+        sys.exit('no CUDA device: use --smoke for a CPU check')
+    table = SMOKE if args.smoke else WORKLOADS
+    names = list(table) if args.which == 'all' else [args.which]
+    results = [run_workload(n, *table[n], device=device, repeats=args.repeats) for n in names]
+
+    print_table(results)
+    record = {
+        'benchmark': 'bench_dit', 'date': datetime.datetime.now().isoformat(timespec='seconds'),
+        'command': shlex.join([sys.executable, *sys.argv]), 'git_commit': git_commit(),
+        'device': torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu',
+        'torch': torch.__version__, 'attention_backend': resolve_backend(device),
+        'smoke': args.smoke, 'repeats': args.repeats, 'results': results,
+    }
+    out_dir = Path(os.environ.get('OUT') or ROOT / 'bench' / 'results')
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.datetime.now().strftime('%Y%m%d-%H%M%S')
+    path = out_dir / f'bench_dit{"-smoke" if args.smoke else ""}-{stamp}.json'
+    path.write_text(json.dumps(record, indent=2))
+    print(f'wrote {path}')
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,138 @@
+"""attention(): every available backend against a float64 softmax(QK^T)V, with key-padding masks."""
+import logging
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from wan.modules import attention as attention_module
+from wan.modules.attention import BACKENDS, ENV_VAR, attention, resolve_backend
+
+DEVICE = 'cuda' if torch.cuda.is_available() else 'cpu'
+# CUDA computes in bf16 (the reference's half()); the CPU keeps fp32
+TOL = dict(rtol=2e-2, atol=2e-2) if DEVICE == 'cuda' else dict(rtol=1e-5, atol=1e-5)
+
+
+def available_backends() -> list[str]:
+    names = []
+    for name in BACKENDS:
+        try:
+            resolve_backend(DEVICE, name)
+        except ValueError:
+            continue
+        names.append(name)
+    return names
+
+
+def reference(q, k, v, k_lens=None):
+    """Plain softmax(q k^T / sqrt(D)) v in float64, keys at positions >= k_lens[i] masked."""
+    q, k, v = (u.double().transpose(1, 2) for u in (q, k, v))  # [B, N, L, D]
+    scores = q @ k.transpose(-1, -2) / math.sqrt(q.size(-1))
+    if k_lens is not None:
+        masked = torch.arange(k.size(2))[None] >= torch.as_tensor(k_lens)[:, None]  # [B, Lk]
+        scores = scores.masked_fill(masked[:, None, None, :].to(scores.device), float('-inf'))
+    return (scores.softmax(-1) @ v).transpose(1, 2)
+
+
+def random_qkv(batch=3, len_q=11, len_k=13, heads=2, head_dim=32, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(batch, n, heads, head_dim, generator=gen) for n in (len_q, len_k, len_k))
+    return q.to(DEVICE), k.to(DEVICE), v.to(DEVICE)
+
+
+@pytest.mark.parametrize('k_lens', [None, [13, 13, 13], [9, 9, 9], [5, 13, 8]])
+@pytest.mark.parametrize('backend', available_backends())
+def test_backend_matches_reference(backend, k_lens):
+    q, k, v = random_qkv()
+    if k_lens is not None:  # garbage beyond each length must not leak into the output
+        for i, n in enumerate(k_lens):
+            k[i, n:] = 1e3
+            v[i, n:] = 1e3
+    out = attention(q, k, v, k_lens=None if k_lens is None else torch.tensor(k_lens), backend=backend)
+    assert out.shape == q.shape and out.dtype == q.dtype
+    torch.testing.assert_close(out.double(), reference(q, k, v, k_lens), **TOL)
+
+
+def test_lengths_as_list_equal_tensor():
+    q, k, v = random_qkv()
+    assert torch.equal(attention(q, k, v, k_lens=[5, 13, 8]),
+                       attention(q, k, v, k_lens=torch.tensor([5, 13, 8], dtype=torch.int32)))
+
+
+def test_automatic_choice_and_logged_once(monkeypatch, caplog):
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    attention_module._select.cache_clear()
+    q, k, v = random_qkv()
+    with caplog.at_level(logging.INFO, logger=attention_module.__name__):
+        attention(q, k, v)
+        attention(q, k, v)
+    records = [r for r in caplog.records if 'attention backend' in r.getMessage()]
+    assert len(records) == 1
+    if DEVICE == 'cpu':
+        assert resolve_backend('cpu') == 'sdpa'
+
+
+def _record_sdpa_flags(monkeypatch):
+    """Record which SDPA kernels are enabled when scaled_dot_product_attention is called."""
+    seen = []
+    original = F.scaled_dot_product_attention
+
+    def spy(*args, **kwargs):
+        seen.append({'math': torch.backends.cuda.math_sdp_enabled(),
+                     'flash': torch.backends.cuda.flash_sdp_enabled()})
+        return original(*args, **kwargs)
+    monkeypatch.setattr(F, 'scaled_dot_product_attention', spy)
+    return seen
+
+
+@pytest.mark.parametrize('how', ['argument', 'env'])
+def test_forcing_sdpa_math(monkeypatch, how):
+    seen = _record_sdpa_flags(monkeypatch)
+    q, k, v = random_qkv()
+    if how == 'env':
+        monkeypatch.setenv(ENV_VAR, 'sdpa_math')
+        assert resolve_backend(DEVICE) == 'sdpa_math'
+        out = attention(q, k, v)
+    else:
+        monkeypatch.delenv(ENV_VAR, raising=False)
+        out = attention(q, k, v, backend='sdpa_math')
+    assert seen == [{'math': True, 'flash': False}]
+    torch.testing.assert_close(out.double(), reference(q, k, v), **TOL)
+    assert torch.backends.cuda.flash_sdp_enabled()  # restored after the call
+
+
+def test_argument_overrides_env(monkeypatch):
+    monkeypatch.setenv(ENV_VAR, 'no_such_backend')
+    q, k, v = random_qkv()
+    with pytest.raises(ValueError, match="unknown attention backend 'no_such_backend'"):
+        attention(q, k, v)
+    torch.testing.assert_close(attention(q, k, v, backend='sdpa_math').double(), reference(q, k, v), **TOL)
+
+
+def test_unknown_backend_is_an_error():
+    q, k, v = random_qkv()
+    with pytest.raises(ValueError, match=r"unknown attention backend 'flash9'; choose one of fa4, fa3"):
+        attention(q, k, v, backend='flash9')
+
+
+@pytest.mark.skipif(DEVICE == 'cuda', reason='checks the CPU refusal of CUDA-only kernels')
+@pytest.mark.parametrize('backend', ['fa4', 'fa3', 'fa2', 'sdpa_cudnn', 'sdpa_efficient'])
+def test_cuda_only_backend_refused_on_cpu(backend):
+    q, k, v = random_qkv()
+    with pytest.raises(ValueError, match=f"'{backend}' needs a CUDA device"):
+        attention(q, k, v, backend=backend)
+
+
+@pytest.mark.parametrize('k_lens', [[0, 13, 13], [14, 13, 13], [13, 13]])
+def test_bad_lengths(k_lens):
+    q, k, v = random_qkv()
+    with pytest.raises(ValueError, match='k_lens'):
+        attention(q, k, v, k_lens=k_lens)
+
+
+def test_mixed_dtypes_return_q_dtype():
+    q, k, v = random_qkv()
+    out = attention(q, k, v.to(torch.bfloat16))
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out.double(), reference(q, k, v.to(torch.bfloat16)), **TOL)

@@ -1,0 +1,156 @@
+"""The one attention entry of the project: `attention(q, k, v, k_lens=None, backend=None)`.
+
+Shapes follow flash-attn: q [B, Lq, N, D], k/v [B, Lk, N, D] -> out [B, Lq, N, D] in q's dtype.
+Only exact kernels are used. The backend is chosen once per device type (and logged once):
+
+  CUDA: fa4 (FlashAttention-4, CuTe) -> fa3 (`flash_attn_interface`) -> fa2 (`flash_attn`)
+        -> sdpa (PyTorch SDPA preferring cuDNN, then flash, memory-efficient, math)
+  CPU:  sdpa (PyTorch chooses)
+
+`backend=` or the environment variable WAN_ATTENTION_BACKEND forces one of BACKENDS.
+Precision (spec 4): on CUDA, q/k/v that are not fp16/bf16 are cast to bf16 (the reference's
+`half()`), then q/k take v's dtype; elsewhere the inputs are computed in their common dtype, so
+fp32 CPU runs are exact.
+Key padding (`k_lens`, one length per sample) is honoured on every backend by attending only to
+the first k_lens[i] keys of sample i: identical to a key mask and it keeps the fastest kernel.
+"""
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import os
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ['attention', 'resolve_backend', 'BACKENDS', 'ENV_VAR']
+
+logger = logging.getLogger(__name__)
+
+ENV_VAR = 'WAN_ATTENTION_BACKEND'
+FLASH_BACKENDS = ('fa4', 'fa3', 'fa2')
+SDPA_BACKENDS = ('sdpa', 'sdpa_cudnn', 'sdpa_flash', 'sdpa_efficient', 'sdpa_math')
+BACKENDS = FLASH_BACKENDS + SDPA_BACKENDS
+CUDA_ONLY = FLASH_BACKENDS + ('sdpa_cudnn', 'sdpa_efficient')
+
+Kernel = Callable[[Tensor, Tensor, Tensor], Tensor]  # [B, L, N, D] in and out
+
+
+def _first(result: Tensor | tuple) -> Tensor:
+    """Flash-attn entry points return `out` or `(out, lse, ...)` depending on the version."""
+    return result[0] if isinstance(result, (tuple, list)) else result
+
+
+def _load_flash(name: str) -> Kernel:
+    """Import a flash-attn kernel lazily; ImportError when the package is not installed."""
+    if name == 'fa4':
+        from flash_attn.cute.interface import flash_attn_func
+    elif name == 'fa3':
+        from flash_attn_interface import flash_attn_func
+    else:  # fa2; FlashAttention-4 installs a namespace `flash_attn` without this function
+        from flash_attn import flash_attn_func
+    return lambda q, k, v: _first(flash_attn_func(q, k, v))
+
+
+def _sdpa_kernel(name: str, device_type: str) -> Kernel:
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    order = {
+        'sdpa': [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION,
+                 SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH],
+        'sdpa_cudnn': [SDPBackend.CUDNN_ATTENTION],
+        'sdpa_flash': [SDPBackend.FLASH_ATTENTION],
+        'sdpa_efficient': [SDPBackend.EFFICIENT_ATTENTION],
+        'sdpa_math': [SDPBackend.MATH],
+    }[name]
+
+    # the order is a priority where PyTorch supports it (>= 2.6): PyTorch would try flash first
+    priority = {'set_priority': True} if 'set_priority' in inspect.signature(sdpa_kernel).parameters else {}
+
+    def run(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        q, k, v = (u.transpose(1, 2) for u in (q, k, v))  # SDPA wants [B, N, L, D]
+        if name == 'sdpa' and device_type != 'cuda':
+            out = F.scaled_dot_product_attention(q, k, v)
+        else:
+            with sdpa_kernel(order, **priority):
+                out = F.scaled_dot_product_attention(q, k, v)
+        return out.transpose(1, 2)
+    return run
+
+
+def _probe(kernel: Kernel, device_type: str) -> None:
+    """Run a kernel once on a small input so that a broken install is found at selection time."""
+    q = torch.randn(1, 128, 2, 128, device=device_type, dtype=torch.bfloat16)
+    kernel(q, q, q)
+
+
+@functools.cache
+def _select(name: str | None, device_type: str) -> tuple[str, Kernel]:
+    """Resolve a backend name (None = automatic) to a kernel. Cached: runs once per pair."""
+    if name is not None:
+        if name not in BACKENDS:
+            raise ValueError(f'unknown attention backend {name!r}; choose one of {", ".join(BACKENDS)}')
+        if name in CUDA_ONLY and device_type != 'cuda':
+            raise ValueError(f'attention backend {name!r} needs a CUDA device, got {device_type!r}')
+        if name in FLASH_BACKENDS:
+            try:
+                kernel = _load_flash(name)
+            except ImportError as exc:
+                raise ValueError(f'attention backend {name!r} is not installed: {exc}') from exc
+        else:
+            kernel = _sdpa_kernel(name, device_type)
+        logger.info('attention backend: %s on %s (forced)', name, device_type)
+        return name, kernel
+    if device_type == 'cuda':
+        for candidate in FLASH_BACKENDS:
+            try:
+                kernel = _load_flash(candidate)
+                _probe(kernel, device_type)
+            except ImportError:
+                continue
+            except Exception as exc:  # installed but unusable on this GPU: say so, try the next
+                logger.warning('attention backend %s is installed but failed (%s); trying the next',
+                               candidate, exc)
+                continue
+            logger.info('attention backend: %s on %s', candidate, device_type)
+            return candidate, kernel
+    logger.info('attention backend: sdpa on %s%s', device_type,
+                ' (cuDNN first)' if device_type == 'cuda' else '')
+    return 'sdpa', _sdpa_kernel('sdpa', device_type)
+
+
+def resolve_backend(device: torch.device | str, backend: str | None = None) -> str:
+    """The backend name `attention` uses on `device` (argument, else env var, else automatic)."""
+    device_type = torch.device(device).type
+    return _select(backend or os.environ.get(ENV_VAR) or None, device_type)[0]
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, k_lens: Tensor | Sequence[int] | None = None,
+              backend: str | None = None) -> Tensor:
+    """Softmax(q k^T / sqrt(D)) v per head; keys at positions >= k_lens[i] are ignored."""
+    assert q.dim() == 4 and k.dim() == 4 and v.dim() == 4, 'expected [B, L, N, D] tensors'
+    device_type = q.device.type
+    name, kernel = _select(backend or os.environ.get(ENV_VAR) or None, device_type)
+    out_dtype = q.dtype
+    if device_type == 'cuda':  # spec 4: half(x), then q and k take v's dtype
+        v = v if v.dtype in (torch.float16, torch.bfloat16) else v.to(torch.bfloat16)
+        q, k = q.to(v.dtype), k.to(v.dtype)
+    else:
+        dtype = torch.promote_types(torch.promote_types(q.dtype, k.dtype), v.dtype)
+        q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+
+    num_keys = k.size(1)
+    lens = None if k_lens is None else [int(n) for n in
+                                        (k_lens.tolist() if isinstance(k_lens, Tensor) else k_lens)]
+    if lens is not None and (len(lens) != q.size(0) or not all(0 < n <= num_keys for n in lens)):
+        raise ValueError(f'k_lens {lens} must hold {q.size(0)} lengths in 1..{num_keys}')
+    if lens is None or all(n == num_keys for n in lens):
+        out = kernel(q, k, v)
+    elif len(set(lens)) == 1:  # one length for the whole batch: a single call on the valid keys
+        out = kernel(q, k[:, :lens[0]], v[:, :lens[0]])
+    else:
+        out = torch.cat([kernel(q[i:i + 1], k[i:i + 1, :n], v[i:i + 1, :n])
+                         for i, n in enumerate(lens)])
+    return out.to(out_dtype)
