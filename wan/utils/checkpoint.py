@@ -6,6 +6,7 @@ tensor, a truncated shard or an index that points at an absent file.
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
 
 import torch
@@ -28,7 +29,8 @@ def read_tensors(path: str | Path) -> dict[str, torch.Tensor]:
         if path.suffix == '.safetensors':
             from safetensors.torch import load_file
             return load_file(str(path), device='cpu')
-        state = torch.load(path, map_location='cpu', mmap=True, weights_only=True)
+        # mmap needs torch's zip format; older non-zip pickles are read whole
+        state = torch.load(path, map_location='cpu', mmap=zipfile.is_zipfile(path), weights_only=True)
     except Exception as exc:  # the libraries raise many types for truncated or corrupt files
         raise CheckpointError(f'cannot read checkpoint {path} (truncated or corrupt?): {exc}') from exc
     if isinstance(state, dict) and 'state_dict' in state and isinstance(state['state_dict'], dict):
