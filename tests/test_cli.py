@@ -187,11 +187,19 @@ def test_v2v_dispatch(no_loading, capsys, tiny_checkpoints, tmp_path):
     base = ['--task', 'v2v-A14B', '--ckpt_dir', tiny_checkpoints('i2v-A14B'), '--size', '832*480']
     code, _, err = run(base + ['--video', tmp_path / 'none.mp4'], capsys)
     assert_one_line_error(code, err, 'input video not found')
-    try:
-        import wan.pipelines.v2v  # noqa: F401
-    except ModuleNotFoundError:
-        code, _, err = run(base + ['--video', video], capsys)
-        assert_one_line_error(code, err, '--task v2v-14B is not implemented yet')
+    code, _, err = run(base + ['--video', video, '--vlm_path', tmp_path / 'no_vlm'], capsys)
+    assert_one_line_error(code, err, 'VLM folder not found', '--vlm_path')
+    code, _, err = run(base + ['--video', video, '--num_segments', '0'], capsys)
+    assert_one_line_error(code, err, '--num_segments 0 must be at least 1')
+
+
+def test_flags_that_exclude_each_other(no_loading, capsys, tiny_checkpoints, monkeypatch):
+    monkeypatch.setattr(cli, 'world', lambda: (0, 2, 0))  # rank, world size, local rank under torchrun
+    base = ['--ckpt_dir', tiny_checkpoints('t2v-A14B'), '--ulysses_size', '2']
+    code, _, err = run(base + ['--t5_fsdp', '--t5_cpu'], capsys)
+    assert_one_line_error(code, err, '--t5_fsdp and --t5_cpu exclude each other')
+    code, _, err = run(base + ['--dit_fsdp', '--offload_model', 'True'], capsys)
+    assert_one_line_error(code, err, 'cannot move FSDP-sharded models', '--offload_model False')
 
 
 # -- end to end through the command line ------------------------------------------------------

@@ -135,7 +135,7 @@ def build_parser(prog: str = 'generate.py') -> argparse.ArgumentParser:
     p.add_argument('--vlm_path', type=str, default='./models/InternVL3_5-8B', help='v2v: captioning VLM.')
     p.add_argument('--vlm_device', type=str, default=None, help='v2v: device of the VLM.')
     p.add_argument('--vlm_prompt', type=str, default=None, help='v2v: question asked to the VLM.')
-    p.add_argument('--num_segments', type=int, default=1, help='v2v: frames sampled for the caption.')
+    p.add_argument('--num_segments', type=int, default=1, help='v2v: continuation segments, each continuing the previous one.')
     return p
 
 
@@ -221,6 +221,10 @@ def _check_parallel(args: argparse.Namespace, cfg) -> None:
                         f'of {args.task}; use one of {", ".join(map(str, divisors))}')
     if world_size == 1 and (args.t5_fsdp or args.dit_fsdp):
         raise UserError('--t5_fsdp/--dit_fsdp need a multi-GPU launch (torchrun --nproc_per_node=N generate.py ...)')
+    if args.t5_fsdp and args.t5_cpu:
+        raise UserError('--t5_fsdp and --t5_cpu exclude each other: drop one')
+    if args.offload_model and (args.t5_fsdp or args.dit_fsdp):
+        raise UserError('--offload_model True cannot move FSDP-sharded models; pass --offload_model False')
     degree = args.ulysses_size * (2 if args.cfg_parallel else 1)
     if degree != 1 and degree != world_size:
         flags = f'--ulysses_size {args.ulysses_size}' + (' with --cfg_parallel' if args.cfg_parallel else '')
@@ -246,8 +250,13 @@ def _check_inputs(args: argparse.Namespace) -> None:
         args.image_data = load_image(args.image)
     elif args.image is not None:
         log.warning('--image is ignored by %s', args.task)
-    if args.task in V2V_TASKS and (args.video is None or not Path(args.video).is_file()):
-        raise UserError(f'input video not found: {args.video} (pass an existing file with --video)')
+    if args.task in V2V_TASKS:
+        if args.video is None or not Path(args.video).is_file():
+            raise UserError(f'input video not found: {args.video} (pass an existing file with --video)')
+        if args.num_segments < 1:
+            raise UserError(f'--num_segments {args.num_segments} must be at least 1')
+        from .utils.vlm import check_vlm_folder
+        check_vlm_folder(args.vlm_path)
 
 
 def guide_pair(guide_scale: float | tuple[float, float]) -> tuple[float, float]:
@@ -406,13 +415,7 @@ def run_video(args: argparse.Namespace, parallel=None) -> GenerationReport:
 
 def _dispatch(args: argparse.Namespace) -> int:
     if args.task in V2V_TASKS:
-        # V2V DISPATCH POINT: wan.pipelines.v2v.run(args) receives the validated args, returns an exit code.
-        try:
-            from .pipelines import v2v
-        except ModuleNotFoundError as exc:
-            if exc.name != 'wan.pipelines.v2v':
-                raise
-            raise UserError(f'--task {args.task} is not implemented yet') from None
+        from .pipelines import v2v
         return v2v.run(args)
     with process_group(args) as parallel:
         run_video(args, parallel)
