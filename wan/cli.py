@@ -43,6 +43,7 @@ EXAMPLE_PROMPT = {
                 'the refreshing atmosphere of the seaside.',
 }
 EXAMPLE_PROMPT['ti2v-5B'] = EXAMPLE_PROMPT['t2v-A14B']
+EXAMPLE_PROMPT['ti2v-tiny'] = 'a red circle moves left on a blue background'  # the bundled model's vocabulary
 EXAMPLE_IMAGE = {'i2v-A14B': 'examples/i2v_input.JPG'}
 
 DEFAULT_CKPT_DIRS = {
@@ -53,6 +54,7 @@ DEFAULT_CKPT_DIRS = {
     'v2v-5B': './models/Wan2.2-TI2V-5B',
     's2v-14B': './models/Wan2.2-S2V-14B',
     'animate-14B': './models/Wan2.2-Animate-14B',
+    'ti2v-tiny': './models/ti2v-tiny',  # shipped with the project
 }
 DEFAULT_SIZE = '1280*720'  # the reference's default; a task without it takes its widest size (ti2v: 1280*704)
 

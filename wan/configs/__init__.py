@@ -9,6 +9,7 @@ from .wan_i2v_A14B import i2v_A14B  # noqa: E402
 from .wan_s2v_14B import s2v_14B  # noqa: E402
 from .wan_t2v_A14B import t2v_A14B  # noqa: E402
 from .wan_ti2v_5B import ti2v_5B  # noqa: E402
+from .wan_ti2v_tiny import ti2v_tiny  # noqa: E402
 
 # Video-to-video continuation runs I2V (14B) or TI2V (5B) from the input's last frame.
 v2v_14B = copy.deepcopy(i2v_A14B)
@@ -24,6 +25,7 @@ WAN_CONFIGS = {
     'v2v-5B': v2v_5B,
     's2v-14B': s2v_14B,
     'animate-14B': animate_14B,
+    'ti2v-tiny': ti2v_tiny,  # bundled tiny model (wan/train/tiny.py)
 }
 
 # Accepted spellings that resolve to a WAN_CONFIGS key.
@@ -55,3 +57,8 @@ SUPPORTED_SIZES = {
     's2v-14B': tuple(SIZE_CONFIGS),
     'animate-14B': ('720*1280', '1280*720'),
 }
+
+# ti2v-tiny, the bundled model, has its own size (added last: s2v-14B lists the reference's sizes only)
+SIZE_CONFIGS['128*128'] = (128, 128)
+MAX_AREA_CONFIGS['128*128'] = 128 * 128
+SUPPORTED_SIZES['ti2v-tiny'] = ('128*128',)

@@ -1,0 +1,1 @@
+"""Training data: the synthetic clips the bundled tiny model is trained on."""
