@@ -66,8 +66,6 @@ def generate(pipe, prompt: str, seed: int, image: Image.Image | None = None) -> 
     return pipe.generate(request)
 
 
-@pytest.mark.skip(reason='not met yet: the shipped model gets 7/10 at guide 4 or 6 (6/10 at 8); '
-                         'it needs a longer DiT training run (issue 9)')
 def test_prompts_steer_colour_and_direction(pipe):
     rows, correct = [], 0
     for seed, (colour, shape, direction, background) in enumerate(PROMPTS):

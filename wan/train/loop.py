@@ -59,9 +59,10 @@ class EMA:
     @torch.no_grad()
     def update(self, model: nn.Module, step: int) -> None:
         decay = min(self.decay, (1 + step) / (10 + step))
-        for key, value in model.state_dict().items():
-            if key in self.shadow:
-                self.shadow[key].lerp_(value.detach().float(), 1 - decay)
+        state = model.state_dict()
+        keys = list(self.shadow)
+        # one multi-tensor kernel instead of one per tensor (the step time of a tiny model is launches)
+        torch._foreach_lerp_([self.shadow[k] for k in keys], [state[k].detach().float() for k in keys], 1 - decay)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {k: v.clone() for k, v in self.shadow.items()}
