@@ -65,7 +65,7 @@ def test_inputs_targets_and_image_mode(image_prob):
     keep[given, :, 0] = 0
     # zero prediction: the loss is the mean squared target (noise - x0) over the scored frames
     expected = ((noise - x0).pow(2) * keep).sum() / (keep.sum() * c * h * w)
-    assert float(loss) == pytest.approx(float(expected), rel=1e-4)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-4)
     assert float(noise[:, :, 1:].std()) == pytest.approx(1.0, abs=0.05)
 
 
@@ -88,7 +88,7 @@ def test_reference_init_gives_zero_velocity():
     assert model.blocks[0].self_attn.q.bias.abs().max().item() == 0
     out = model([torch.randn(48, 2, 4, 4)], t=torch.tensor([500.0]), context=[torch.randn(3, 4096)], seq_len=8)
     # only the head's bias (zero) survives a zero head weight
-    assert float(out[0].abs().max()) == 0
+    assert out[0].abs().max().item() == 0
 
 
 def test_training_lowers_the_loss_and_uses_the_text():
@@ -113,7 +113,7 @@ def test_training_lowers_the_loss_and_uses_the_text():
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
     assert last < 0.7 * first, (first, last)
     # same noise and timesteps, right vs swapped captions: the right ones fit much better

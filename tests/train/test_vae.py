@@ -62,12 +62,12 @@ def test_pixel_weights_are_normalised(model):
     torch.manual_seed(2)
     plain, _ = reconstruction_loss(model, video, latent_noise=0.0)
     ones, _ = reconstruction_loss(model, video, weight=torch.full((2, 1, 5, 32, 32), 3.0), latent_noise=0.0)
-    assert float(ones) == pytest.approx(float(plain), rel=1e-5)
+    assert ones.item() == pytest.approx(plain.item(), rel=1e-5)
     weight = torch.ones(2, 1, 5, 32, 32)
     weight[0] = 0  # only the second clip counts
     only_second, _ = reconstruction_loss(model, video, weight=weight, latent_noise=0.0)
     second, _ = reconstruction_loss(model, video[1:], latent_noise=0.0)
-    assert float(only_second) == pytest.approx(float(second), rel=1e-4)
+    assert only_second.item() == pytest.approx(second.item(), rel=1e-4)
 
 
 def test_training_through_the_stream_lowers_the_loss():
@@ -85,6 +85,6 @@ def test_training_through_the_stream_lowers_the_loss():
                 grad = dict(model.named_parameters())[name].grad
                 assert grad is not None and float(grad.abs().max()) > 0, name
         optimizer.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
         assert set(stats) == {'l1', 'mse', 'psnr'}
     assert losses[-1] < 0.8 * losses[0], losses

@@ -62,14 +62,14 @@ class Recipe:
     vae_seconds: float | None = 210.0
     stats_clips: int = 1024
     # latent cache
-    latent_clips: int = 65536
+    latent_clips: int = 32768
     encode_batch: int = 256
     # DiT (None: the ti2v-tiny config)
     dit_dim: int | None = None
     dit_ffn_dim: int | None = None
     dit_heads: int | None = None
     dit_layers: int | None = None
-    dit_batch: int = 128  # a tiny DiT's step costs launches per sample: more, smaller steps
+    dit_batch: int = 256
     dit_lr: float = 1e-3
     dit_steps: int | None = None
     dit_seconds: float | None = 210.0
