@@ -22,7 +22,6 @@ import logging
 import os
 import shlex
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -31,6 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
+
+from bench.common import git_commit  # noqa: E402
 
 from tests.tiny.dit import diffusers_config, random_init, to_diffusers_state_dict  # noqa: E402
 from wan.modules.attention import resolve_backend  # noqa: E402
@@ -149,14 +150,6 @@ def run_workload(name: str, config: dict, latent: tuple[int, ...], per_token: bo
     if device.type == 'cuda':
         torch.cuda.empty_cache()
     return result
-
-
-def git_commit() -> str | None:
-    try:
-        return subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
 
 
 def print_table(results: list[dict]) -> None:

@@ -25,7 +25,6 @@ import json
 import os
 import shlex
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -35,6 +34,8 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
+
+from bench.common import git_commit  # noqa: E402
 
 from tests.tiny.dit import random_init  # noqa: E402
 from wan.distributed import Parallel, ParallelConfig, finish, init_distributed, world_info  # noqa: E402
@@ -119,16 +120,6 @@ def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
 
 def peak_gib(device: torch.device) -> float | None:
     return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == 'cuda' else None
-
-
-def git_commit() -> str | None:
-    """HEAD's hash, with '+dirty' when the working tree has uncommitted changes."""
-    def git(*args: str) -> str:
-        return subprocess.run(['git', *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
-    try:
-        return git('rev-parse', 'HEAD') + ('+dirty' if git('status', '--porcelain') else '')
-    except (OSError, subprocess.CalledProcessError):
-        return None
 
 
 def versions(device: torch.device) -> dict:

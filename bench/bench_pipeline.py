@@ -22,7 +22,6 @@ import gc
 import json
 import os
 import shlex
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -31,6 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
+
+from bench.common import git_commit  # noqa: E402
 
 from tests.tiny.dit import random_init  # noqa: E402
 from tests.tiny.t5 import tokenizer_pieces, write_tokenizer  # noqa: E402
@@ -167,14 +168,6 @@ def run_family(family: str, steps: int, smoke: bool, device: torch.device, work:
     if device.type == 'cuda':
         torch.cuda.empty_cache()
     return result
-
-
-def git_commit() -> str | None:
-    try:
-        return subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return os.environ.get('WAN_COMMIT')
 
 
 def main() -> None:

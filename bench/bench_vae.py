@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -29,6 +28,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from bench.common import git_commit  # noqa: E402
 
 from tests.tiny.vae import diffusers_config, random_weights, to_diffusers  # noqa: E402
 from wan.modules.vae2_1 import Wan2_1_VAE, build_vae21  # noqa: E402
@@ -143,16 +144,11 @@ def print_table(rows):
 
 
 def environment(device):
-    try:
-        commit = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=ROOT, capture_output=True,
-                                text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = 'unknown'
     import diffusers
     return dict(
         device=torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu',
         torch=torch.__version__, cuda=torch.version.cuda, diffusers=diffusers.__version__,
-        python=sys.version.split()[0], commit=commit,
+        python=sys.version.split()[0], commit=git_commit(),
         command=' '.join([Path(sys.executable).name, *sys.argv]),
         cudnn_allow_tf32=torch.backends.cudnn.allow_tf32,
         matmul_allow_tf32=torch.backends.cuda.matmul.allow_tf32,

@@ -1,0 +1,18 @@
+"""Shared by the benchmark scripts: the commit a result belongs to."""
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def git_commit() -> str | None:
+    """HEAD's hash ('+dirty' with uncommitted changes); WAN_COMMIT where the tree has no .git (the GPU copy)."""
+    def git(*args: str) -> str:
+        return subprocess.run(['git', *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+    try:
+        return git('rev-parse', 'HEAD') + ('+dirty' if git('status', '--porcelain') else '')
+    except (OSError, subprocess.CalledProcessError):
+        return os.environ.get('WAN_COMMIT')
