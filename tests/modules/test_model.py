@@ -134,14 +134,14 @@ def test_time_embedding_computed_once_when_t_is_shared():
     model = tiny_model()
     seq_len = 36
     t = torch.tensor([999, 501])
-    e, e0 = model.time_embeddings(t, seq_len)
-    assert e.shape == (2, 1, 64) and e0.shape == (2, 1, 6, 64)  # one row per sample, broadcast
+    e, e0, index = model.time_embeddings(t, seq_len)
+    assert e.shape == (2, 1, 64) and e0.shape == (2, 1, 6, 64) and index is None  # broadcast rows
     e_tok, e0_tok = per_token_time_embeddings(model, t[:, None].expand(2, seq_len))
     assert_fp32_rounding_equal(e, e_tok)
     assert_fp32_rounding_equal(e0, e0_tok)
 
     # a constant per-token t takes the same path: identical embeddings and model output
-    e_const, e0_const = model.time_embeddings(t[:, None].expand(2, seq_len), seq_len)
+    e_const, e0_const, _ = model.time_embeddings(t[:, None].expand(2, seq_len), seq_len)
     assert torch.equal(e_const, e) and torch.equal(e0_const, e0)
     x, _, context, _, _ = inputs('t2v', batch=2)
     with torch.no_grad():
@@ -153,13 +153,60 @@ def test_time_embedding_computed_once_when_t_is_shared():
 def test_time_embedding_per_token():
     model = tiny_model('ti2v')
     _, t, _, seq_len, _ = inputs('ti2v')
-    e, e0 = model.time_embeddings(t, seq_len)
-    assert e.shape == (1, seq_len, 64) and e0.shape == (1, seq_len, 6, 64)
+    e, e0, index = model.time_embeddings(t, seq_len)
+    assert len(set(t[0].tolist())) == 2
+    assert e.shape == (1, 2, 64) and e0.shape == (1, 2, 6, 64)  # one row per distinct t
+    assert index.shape == (1, seq_len) and torch.equal(t[0], t[0].unique()[index[0]])
     e_tok, e0_tok = per_token_time_embeddings(model, t)
-    assert_fp32_rounding_equal(e, e_tok)
-    assert_fp32_rounding_equal(e0, e0_tok)
+    assert_fp32_rounding_equal(e[:, index[0]], e_tok)
+    assert_fp32_rounding_equal(e0[:, index[0]], e0_tok)
     with pytest.raises(ValueError, match='expected seq_len 37'):
         model.time_embeddings(t, 37)
+
+    # samples with different per-token t: one gathered row per token
+    t2 = torch.cat([t, t.flip(1)])
+    e, e0, index = model.time_embeddings(t2, seq_len)
+    assert e.shape == (2, seq_len, 64) and e0.shape == (2, seq_len, 6, 64) and index is None
+    assert_fp32_rounding_equal(e, per_token_time_embeddings(model, t2)[0])
+
+
+def test_token_runs():
+    from wan.modules.model import token_runs
+    index = torch.tensor([[1, 1, 0, 0, 0, 0, 2, 1]])
+    assert token_runs(index) == [(0, 2, 6), (1, 0, 2), (2, 6, 7), (1, 7, 8)]
+
+
+@pytest.mark.parametrize('fn', ['modulate', 'gated_add'])
+def test_modulation_by_runs_equals_per_token_gather(fn):
+    """Rows applied per run are bitwise the arithmetic of one gathered row per token."""
+    from wan.modules import model as m
+    generator = torch.Generator().manual_seed(0)
+    index = torch.tensor([[0, 0, 0, 1, 1, 1, 1, 1, 2, 0]])
+    x, y = torch.randn(2, 3, 10, 8, generator=generator)
+    a, b = torch.randn(2, 1, 3, 8, generator=generator)
+    args = (x, a, b) if fn == 'modulate' else (x, y, a)
+    gathered = [u if u.size(1) == 10 else u[:, index[0]] for u in args]
+    got = getattr(m, fn)(*args, runs=m.token_runs(index))
+    expected = getattr(m, fn)(*gathered)
+    assert torch.equal(got, expected)
+    naive = x * (1 + b[:, index[0]]) + a[:, index[0]] if fn == 'modulate' else x + y * a[:, index[0]]
+    assert torch.equal(got, naive)
+
+
+def test_per_token_t_forward_equals_gathered_rows():
+    """The model with run rows equals the same model fed per-token rows (the reference's layout)."""
+    model = tiny_model('ti2v')
+    x, t, context, seq_len, _ = inputs('ti2v')
+    with torch.no_grad():
+        out = model(x, t, context, seq_len)[0]
+        original = model.time_embeddings
+
+        def gathered(t, seq_len):
+            e, e0, index = original(t, seq_len)
+            return e[:, index[0]], e0[:, index[0]], None
+        model.time_embeddings = gathered
+        expected = model(x, t, context, seq_len)[0]
+    assert torch.equal(out, expected)
 
 
 # -- RoPE ----------------------------------------------------------------------------------------
@@ -262,8 +309,8 @@ def test_fp32_islands_under_bf16_autocast():
     x, t, context, seq_len, _ = inputs('ti2v')
 
     with torch.autocast('cpu', dtype=torch.bfloat16):
-        e, e0 = model.time_embeddings(t, seq_len)
-    e_ref, e0_ref = rounded.time_embeddings(t, seq_len)
+        e, e0, _ = model.time_embeddings(t, seq_len)
+    e_ref, e0_ref, _ = rounded.time_embeddings(t, seq_len)
     assert e.dtype == e0.dtype == torch.float32
     assert torch.equal(e, e_ref) and torch.equal(e0, e0_ref)
 
@@ -299,7 +346,7 @@ def test_sequence_parallel_seams():
         out = model(x, t, context, seq_len)[0]
     assert torch.equal(out, expected)
     assert calls == [('split', (1, seq_len, 64), 1), ('split', (1, seq_len, 1, 16), 1),
-                     ('split', (1, seq_len, 6, 64), 1), ('gather', (1, seq_len, 64), 1)]
+                     ('split', (1, seq_len), 1), ('gather', (1, seq_len, 64), 1)]  # x, RoPE, row index
     assert attn_calls == [(1, seq_len, 2, 32)] * 2
     assert set(model.state_dict()) == set(random_dit_state_dict(tiny_config('ti2v')))
 

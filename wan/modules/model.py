@@ -82,6 +82,47 @@ def rope_apply(x: Tensor, freqs: Tensor) -> Tensor:
     return torch.view_as_real(pairs * freqs).flatten(3)
 
 
+Runs = list[tuple[int, int, int]]  # (row, start, end): tokens start..end-1 use row `row`
+
+
+def token_runs(index: Tensor) -> Runs:
+    """Runs of consecutive equal entries of index [1, L], the longest first.
+
+    Per-token timesteps take few distinct values in long runs (TI2V: the first latent frame at
+    t = 0, every other token at t), so modulation rows are kept once per distinct value.
+    """
+    row = index[0]
+    starts = [0] + (torch.nonzero(row[1:] != row[:-1]).flatten() + 1).tolist()
+    ends = starts[1:] + [row.numel()]
+    rows = row[starts].tolist()
+    return sorted(zip(rows, starts, ends), key=lambda run: run[1] - run[2])
+
+
+def _by_runs(runs: Runs | None, fn) -> Tensor:
+    """fn(tokens, rows) over all tokens; with runs, each run gets its own broadcast row.
+
+    The longest run's row is applied to every token first, then each other run overwrites its
+    slice: elementwise the same arithmetic as gathering one row per token, without the gather.
+    """
+    if runs is None:
+        return fn(slice(None), slice(None))
+    (row, _, _), *rest = runs
+    out = fn(slice(None), slice(row, row + 1))
+    for row, start, end in rest:
+        out[:, start:end] = fn(slice(start, end), slice(row, row + 1))
+    return out
+
+
+def modulate(x: Tensor, shift: Tensor, scale: Tensor, runs: Runs | None = None) -> Tensor:
+    """x * (1 + scale) + shift in fp32 (spec 3.4); shift/scale [B, L or 1, C], or rows per run."""
+    return _by_runs(runs, lambda tokens, rows: x[:, tokens] * (1 + scale[:, rows]) + shift[:, rows])
+
+
+def gated_add(x: Tensor, y: Tensor, gate: Tensor, runs: Runs | None = None) -> Tensor:
+    """The gated residual x + y * gate in fp32 (spec 3.4), gate as in `modulate`."""
+    return _by_runs(runs, lambda tokens, rows: x[:, tokens] + y[:, tokens] * gate[:, rows])
+
+
 class WanLayerNorm(nn.LayerNorm):
     """LayerNorm computed in fp32, result cast back to the input dtype."""
 
@@ -163,16 +204,16 @@ class WanAttentionBlock(nn.Module):
         self.modulation = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)
 
     def forward(self, x: Tensor, e0: Tensor, freqs: Tensor, context: Tensor,
-                k_lens: Tensor | None) -> Tensor:
-        """x [B, L, C]; e0 [B, L or 1, 6, C] fp32; freqs [B or 1, L, 1, D/2] complex64 RoPE;
-        context [B, text_len, C] (spec 3.4)."""
+                k_lens: Tensor | None, runs: Runs | None = None) -> Tensor:
+        """x [B, L, C]; e0 [B, L or 1, 6, C] fp32, or one row per run of `runs` [1, R, 6, C];
+        freqs [B or 1, L, 1, D/2] complex64 RoPE; context [B, text_len, C] (spec 3.4)."""
         shift_msa, scale_msa, gate_msa, shift_ffn, scale_ffn, gate_ffn = \
-            (self.modulation.float() + e0).unbind(2)  # each [B, L or 1, C] fp32
-        y = self.self_attn(self.norm1(x).float() * (1 + scale_msa) + shift_msa, freqs, k_lens)
-        x = x + y * gate_msa  # fp32 from here on
+            (self.modulation.float() + e0).unbind(2)  # each [B, L or 1 or R, C] fp32
+        y = self.self_attn(modulate(self.norm1(x).float(), shift_msa, scale_msa, runs), freqs, k_lens)
+        x = gated_add(x, y, gate_msa, runs)  # fp32 from here on
         x = x + self.cross_attn(self.norm3(x), context)
-        y = self.ffn(self.norm2(x).float() * (1 + scale_ffn) + shift_ffn)
-        return x + y * gate_ffn
+        y = self.ffn(modulate(self.norm2(x).float(), shift_ffn, scale_ffn, runs))
+        return gated_add(x, y, gate_ffn, runs)
 
 
 class Head(nn.Module):
@@ -182,10 +223,11 @@ class Head(nn.Module):
         self.head = nn.Linear(dim, math.prod(patch_size) * out_dim)
         self.modulation = nn.Parameter(torch.randn(1, 2, dim) / dim**0.5)
 
-    def forward(self, x: Tensor, e: Tensor) -> Tensor:
-        """x [B, L, C], e [B, L or 1, C] (the time embedding before projection) -> fp32."""
+    def forward(self, x: Tensor, e: Tensor, runs: Runs | None = None) -> Tensor:
+        """x [B, L, C], e [B, L or 1, C] or rows per run (the time embedding before projection)
+        -> fp32."""
         shift, scale = (self.modulation.float() + e.unsqueeze(2)).unbind(2)
-        return fp32_linear(self.norm(x).float() * (1 + scale) + shift, self.head)
+        return fp32_linear(modulate(self.norm(x).float(), shift, scale, runs), self.head)
 
 
 class WanModel(nn.Module):
@@ -253,7 +295,7 @@ class WanModel(nn.Module):
         x = torch.cat([F.pad(p.flatten(2).transpose(1, 2), (0, 0, 0, seq_len - n))
                        for p, n in zip(patches, seq_lens)])  # [B, L, C]
 
-        e, e0 = self.time_embeddings(t.to(x.device), seq_len)  # [B, L or 1, C], [B, L or 1, 6, C] fp32
+        e, e0, index = self.time_embeddings(t.to(x.device), seq_len)
         context = self.text_embedding(torch.stack([self._pad_context(u) for u in context]))
         freqs = self.rope(grids, seq_len, x.device)  # [B or 1, L, 1, D/2] complex64
         # keys beyond each sample's tokens are masked only when there is padding
@@ -261,17 +303,20 @@ class WanModel(nn.Module):
 
         x = self.seq_split(x, 1)
         freqs = self.seq_split(freqs, 1)
-        block_e0 = self.seq_split(e0, 1) if e0.size(1) > 1 else e0
+        block_e0 = self.seq_split(e0, 1) if index is None and e0.size(1) > 1 else e0
+        block_runs = None if index is None else token_runs(self.seq_split(index, 1))
         for block in self.blocks:
-            x = block(x, block_e0, freqs, context, k_lens)
+            x = block(x, block_e0, freqs, context, k_lens, block_runs)
         x = self.seq_gather(x, 1)
-        return self.unpatchify(self.head(x, e), grids)
+        return self.unpatchify(self.head(x, e, None if index is None else token_runs(index)), grids)
 
-    def time_embeddings(self, t: Tensor, seq_len: int) -> tuple[Tensor, Tensor]:
-        """e [B, L or 1, C] and e0 = time_projection(e) [B, L or 1, 6, C], fp32 (spec 3.3 step 4).
+    def time_embeddings(self, t: Tensor, seq_len: int) -> tuple[Tensor, Tensor, Tensor | None]:
+        """e and e0 = time_projection(e) in fp32 (spec 3.3 step 4), and a row index.
 
-        Each distinct timestep value is embedded once and gathered: a sample whose tokens share
-        one t gets a single broadcast row, not seq_len identical rows.
+        Each distinct timestep value is embedded once. Returns e [B, 1 or L, C], e0 [B, 1 or L,
+        6, C] and None when t is one value per sample or differs between samples; when every
+        sample has the same per-token t: one row per distinct value, e [1, R, C], e0 [1, R, 6, C],
+        and index [1, L], each token's row.
         """
         if t.dim() == 1:
             t = t.unsqueeze(1)
@@ -283,7 +328,9 @@ class WanModel(nn.Module):
         sinusoid = sinusoidal_embedding_1d(self.freq_dim, values).float()
         e = fp32_linear(F.silu(fp32_linear(sinusoid, self.time_embedding[0])), self.time_embedding[2])
         e0 = fp32_linear(F.silu(e), self.time_projection[1]).unflatten(1, (6, self.dim))
-        return e[index], e0[index]
+        if t.size(1) > 1 and bool((t == t[:1]).all()):
+            return e[None], e0[None], index[:1]
+        return e[index], e0[index], None
 
     def rope(self, grids: list[tuple[int, int, int]], seq_len: int, device: torch.device) -> Tensor:
         """complex64 [B or 1, seq_len, 1, D/2] rotations of the global (unsplit) padded sequence.
