@@ -117,6 +117,8 @@ def build_parser(prog: str = 'generate.py') -> argparse.ArgumentParser:
     p.add_argument('--sample_guide_scale', type=float, default=None,
                    help='Guidance scale; one value for both A14B experts (default: task config).')
     p.add_argument('--convert_model_dtype', action='store_true', default=False, help='Cast the DiT to bf16.')
+    p.add_argument('--compile', action='store_true', default=False,
+                   help='torch.compile each DiT block (faster steps after a one-off compile; not in the reference).')
     # animate-14B
     p.add_argument('--src_root_path', type=str, default=None, help='animate: preprocessing output folder.')
     p.add_argument('--refert_num', type=int, default=77, help='animate: frames carried between clips (1 or 5).')
@@ -298,7 +300,8 @@ def build_pipeline(args: argparse.Namespace, timer, parallel=None):
     autocast_dtype = cfg.param_dtype if device.type == 'cuda' or args.convert_model_dtype else None
     return VideoPipeline.from_pretrained(args.task, args.ckpt_dir, placement,
                                          convert_model_dtype=args.convert_model_dtype,
-                                         autocast_dtype=autocast_dtype, timer=timer, parallel=parallel)
+                                         autocast_dtype=autocast_dtype, timer=timer, parallel=parallel,
+                                         compile_dit=args.compile)
 
 
 def _fallback_path(save_file: Path, suffix: str) -> Path:

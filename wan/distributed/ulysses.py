@@ -58,6 +58,7 @@ class UlyssesAttention:
         self.sp = sp
         self.inner = inner
 
+    @torch.compiler.disable  # collectives run eagerly inside a compiled block
     def __call__(self, q: Tensor, k: Tensor, v: Tensor,
                  k_lens: Tensor | Sequence[int] | None = None) -> Tensor:
         out_dtype = q.dtype

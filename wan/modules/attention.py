@@ -127,6 +127,7 @@ def resolve_backend(device: torch.device | str, backend: str | None = None) -> s
     return _select(backend or os.environ.get(ENV_VAR) or None, device_type)[0]
 
 
+@torch.compiler.disable  # opaque to torch.compile: a compiled block calls the chosen kernel as is
 def attention(q: Tensor, k: Tensor, v: Tensor, k_lens: Tensor | Sequence[int] | None = None,
               backend: str | None = None) -> Tensor:
     """Softmax(q k^T / sqrt(D)) v per head; keys at positions >= k_lens[i] are ignored."""

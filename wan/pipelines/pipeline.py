@@ -75,7 +75,8 @@ class VideoPipeline:
     def from_pretrained(cls, task: str, ckpt_dir: str | Path, placement: Placement, *,
                         convert_model_dtype: bool = False, sp_size: int = 1,
                         autocast_dtype: torch.dtype | None = None,
-                        timer: StageTimer | None = None, parallel=None) -> VideoPipeline:
+                        timer: StageTimer | None = None, parallel=None,
+                        compile_dit: bool = False) -> VideoPipeline:
         config = WAN_CONFIGS[task]
         components.check_checkpoint_dir(config, ckpt_dir, task)
         timer = timer or StageTimer(placement.device)
@@ -92,6 +93,8 @@ class VideoPipeline:
                 experts = {name: parallel.parallelize_dit(components.load_dit(folder, dtype, torch.device('cpu')))
                            for name, folder in components.dit_folders(config, ckpt_dir).items()}
                 parallel.shard_text_encoder(text_encoder.model)
+            if compile_dit:
+                experts = {name: components.compile_dit(model) for name, model in experts.items()}
         return cls(task, text_encoder=text_encoder, vae=vae, experts=experts, placement=placement,
                    sp_size=sp_size, autocast_dtype=autocast_dtype, timer=timer, parallel=parallel)
 
