@@ -8,6 +8,7 @@ against diffusers'.
 
   python bench/bench_dit.py                       # 5B and A14B on the GPU (about 3 minutes on H200)
   python bench/bench_dit.py --which 5b --repeats 5
+  python bench/bench_dit.py --variants sdpa,fa4,fa4+compile   # attention backends, regional compile
   python bench/bench_dit.py --smoke               # tiny sizes on the CPU: checks the script only
 
 Writes one JSON file to $OUT (default bench/results).
@@ -34,7 +35,7 @@ import torch  # noqa: E402
 from bench.common import git_commit  # noqa: E402
 
 from tests.tiny.dit import diffusers_config, random_init, to_diffusers_state_dict  # noqa: E402
-from wan.modules.attention import resolve_backend  # noqa: E402
+from wan.modules.attention import ENV_VAR, resolve_backend  # noqa: E402
 from wan.modules.model import WanModel  # noqa: E402
 
 TEXT_TOKENS = 120  # true prompt length before zero padding to 512
@@ -94,8 +95,11 @@ def timed(fn, repeats: int, device: torch.device) -> tuple[torch.Tensor, list[fl
 
 
 def run_workload(name: str, config: dict, latent: tuple[int, ...], per_token: bool,
-                 device: torch.device, repeats: int) -> dict:
+                 device: torch.device, repeats: int, variants: list[str]) -> dict:
+    """Ours in each variant ('<attention backend>' or '<backend>+compile'), then diffusers."""
     from diffusers import WanTransformer3DModel
+
+    from wan.pipelines.components import compile_dit
     config = {**config, **COMMON}
     with torch.device('meta'):
         ours = WanModel(**config).to(torch.bfloat16)
@@ -116,7 +120,28 @@ def run_workload(name: str, config: dict, latent: tuple[int, ...], per_token: bo
     def ours_forward():
         with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16):
             return ours([x], t, [context], seq_len)[0]
-    out_ours, times_ours, peak_ours = timed(ours_forward, repeats, device)
+
+    flops = forward_flops(config, seq_len)
+    runs, outputs = {}, {}
+    compiled = False
+    for variant in sorted(variants, key=lambda v: v.endswith('+compile')):  # eager ones first
+        backend, _, mode = variant.partition('+')
+        if mode == 'compile' and not compiled:
+            compile_dit(ours)
+            compiled = True
+        if backend == 'auto':
+            os.environ.pop(ENV_VAR, None)
+        else:
+            os.environ[ENV_VAR] = backend
+        start = time.perf_counter()
+        out, times, peak = timed(ours_forward, repeats, device)
+        first_s = time.perf_counter() - start - sum(times)  # warm-up call (compilation included)
+        outputs[variant] = out.float()
+        runs[variant] = {'median_s': statistics.median(times), 'times_s': times, 'peak_gib': peak,
+                         'warmup_s': first_s, 'tflops': flops / statistics.median(times) / 1e12,
+                         'attention_backend': resolve_backend(device)}
+        del out
+    os.environ.pop(ENV_VAR, None)
 
     with torch.device('meta'):
         theirs = WanTransformer3DModel(**diffusers_config(config))
@@ -131,21 +156,20 @@ def run_workload(name: str, config: dict, latent: tuple[int, ...], per_token: bo
         return theirs(hidden, t, padded, return_dict=False)[0][0]
     with torch.no_grad():
         out_theirs, times_theirs, peak_theirs = timed(theirs_forward, repeats, device)
-
     out_theirs = out_theirs.float()
-    flops = forward_flops(config, seq_len)
+    diffusers_s = statistics.median(times_theirs)
+    first = outputs[variants[0]]
+    for variant, run in runs.items():
+        run['speedup_vs_diffusers'] = diffusers_s / run['median_s']
+        run['rel_err_vs_diffusers'] = ((outputs[variant] - out_theirs).norm() / out_theirs.norm()).item()
+        run[f'rel_err_vs_{variants[0]}'] = ((outputs[variant] - first).norm() / first.norm()).item()
     result = {
         'workload': name, 'latent': list(latent), 'tokens': seq_len, 'per_token_t': per_token,
-        'config': config, 'pflop_per_forward': flops / 1e15,
-        'ours': {'median_s': statistics.median(times_ours), 'times_s': times_ours,
-                 'peak_gib': peak_ours, 'tflops': flops / statistics.median(times_ours) / 1e12},
-        'diffusers': {'median_s': statistics.median(times_theirs), 'times_s': times_theirs,
-                      'peak_gib': peak_theirs, 'tflops': flops / statistics.median(times_theirs) / 1e12},
-        'rel_err_vs_diffusers': ((out_ours - out_theirs).norm() / out_theirs.norm()).item(),
-        'max_abs_err_vs_diffusers': (out_ours - out_theirs).abs().max().item(),
-        'speedup_vs_diffusers': statistics.median(times_theirs) / statistics.median(times_ours),
+        'config': config, 'pflop_per_forward': flops / 1e15, 'ours': runs,
+        'diffusers': {'median_s': diffusers_s, 'times_s': times_theirs, 'peak_gib': peak_theirs,
+                      'tflops': flops / diffusers_s / 1e12},
     }
-    del theirs, ours, out_ours, out_theirs
+    del theirs, ours, outputs, out_theirs
     gc.collect()
     if device.type == 'cuda':
         torch.cuda.empty_cache()
@@ -155,14 +179,14 @@ def run_workload(name: str, config: dict, latent: tuple[int, ...], per_token: bo
 def print_table(results: list[dict]) -> None:
     def gib(v):
         return '-' if v is None else f'{v:.1f}'
-    print(f'{"workload":<8} {"impl":<10} {"median s":>9} {"TFLOP/s":>8} {"peak GiB":>9} {"speedup":>8} '
-          f'{"rel err":>9}')
+    print(f'{"workload":<8} {"impl":<22} {"median s":>9} {"TFLOP/s":>8} {"peak GiB":>9} {"warm-up s":>9} '
+          f'{"speedup":>8} {"rel err":>9}')
     for r in results:
-        for impl in ('ours', 'diffusers'):
-            m = r[impl]
-            extra = (f'{r["speedup_vs_diffusers"]:>7.2f}x {r["rel_err_vs_diffusers"]:>9.2e}'
-                     if impl == 'ours' else '')
-            print(f'{r["workload"]:<8} {impl:<10} {m["median_s"]:>9.3f} {m["tflops"]:>8.1f} '
+        rows = [(f'ours {v}', m) for v, m in r['ours'].items()] + [('diffusers', r['diffusers'])]
+        for impl, m in rows:
+            extra = (f'{m["warmup_s"]:>9.1f} {m["speedup_vs_diffusers"]:>7.2f}x {m["rel_err_vs_diffusers"]:>9.2e}'
+                     if 'speedup_vs_diffusers' in m else '')
+            print(f'{r["workload"]:<8} {impl:<22} {m["median_s"]:>9.3f} {m["tflops"]:>8.1f} '
                   f'{gib(m["peak_gib"]):>9} {extra}')
 
 
@@ -170,6 +194,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--which', choices=('5b', 'a14b', 'all'), default='all')
     parser.add_argument('--repeats', type=int, default=3)
+    parser.add_argument('--variants', default='auto',
+                        help="comma-separated '<attention backend>[+compile]' for our model, e.g. "
+                             "'sdpa,fa4,fa4+compile'; 'auto' is the automatic backend")
     parser.add_argument('--smoke', action='store_true', help='tiny sizes on the CPU')
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format='%(name)s: %(message)s')
@@ -179,14 +206,16 @@ def main() -> None:
         sys.exit('no CUDA device: use --smoke for a CPU check')
     table = SMOKE if args.smoke else WORKLOADS
     names = list(table) if args.which == 'all' else [args.which]
-    results = [run_workload(n, *table[n], device=device, repeats=args.repeats) for n in names]
+    variants = args.variants.split(',')
+    results = [run_workload(n, *table[n], device=device, repeats=args.repeats, variants=variants)
+               for n in names]
 
     print_table(results)
     record = {
         'benchmark': 'bench_dit', 'date': datetime.datetime.now().isoformat(timespec='seconds'),
         'command': shlex.join([sys.executable, *sys.argv]), 'git_commit': git_commit(),
         'device': torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu',
-        'torch': torch.__version__, 'attention_backend': resolve_backend(device),
+        'torch': torch.__version__,
         'smoke': args.smoke, 'repeats': args.repeats, 'results': results,
     }
     out_dir = Path(os.environ.get('OUT') or ROOT / 'bench' / 'results')

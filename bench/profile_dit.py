@@ -1,0 +1,98 @@
+"""Where one DiT forward spends its GPU time: torch.profiler kernel table for one workload.
+
+  python bench/profile_dit.py --which 5b [--compile] [--rows 25]
+
+Prints the top kernels by CUDA time and a split into matmul / attention / other, and writes the
+table as JSON to $OUT (default bench/results).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+from torch.profiler import ProfilerActivity, profile  # noqa: E402
+
+from bench.bench_dit import COMMON, WORKLOADS, init_random_  # noqa: E402
+from bench.common import git_commit  # noqa: E402
+from wan.modules.model import WanModel  # noqa: E402
+from wan.pipelines.components import compile_dit  # noqa: E402
+
+CATEGORIES = (('attention', ('attn', 'fmha', 'flash', 'cudnn', 'sdpa')),
+              ('matmul', ('gemm', 'sm90_xmma', 'cutlass', 'nvjet', 'matmul')))
+
+
+def category(name: str) -> str:
+    lowered = name.lower()
+    for label, keys in CATEGORIES:
+        if any(k in lowered for k in keys):
+            return label
+    return 'other'
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--which', choices=tuple(WORKLOADS), default='5b')
+    parser.add_argument('--compile', action='store_true')
+    parser.add_argument('--rows', type=int, default=25)
+    args = parser.parse_args()
+    device = torch.device('cuda')
+    config, latent, per_token = WORKLOADS[args.which]
+    config = {**config, **COMMON}
+    with torch.device('meta'):
+        model = WanModel(**config).to(torch.bfloat16)
+    model = model.to_empty(device=device).eval().requires_grad_(False)
+    init_random_(model, config['dim'], seed=0)
+    if args.compile:
+        compile_dit(model)
+    c, f, h, w = latent
+    seq_len = f * (h // 2) * (w // 2)
+    x = torch.randn(latent, device=device)
+    context = torch.randn(120, 4096, device=device).to(torch.bfloat16)
+    t = torch.full((1, seq_len), 900, device=device, dtype=torch.long)
+    if per_token:
+        t[:, :(h // 2) * (w // 2)] = 0
+    else:
+        t = t[:, 0]
+
+    def forward():
+        with torch.no_grad(), torch.autocast('cuda', dtype=torch.bfloat16):
+            return model([x], t, [context], seq_len)
+    forward()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        forward()
+        torch.cuda.synchronize()
+    events = [e for e in prof.key_averages() if e.device_time_total > 0]
+    events.sort(key=lambda e: -e.device_time_total)
+    total = sum(e.device_time_total for e in events)
+    split: dict[str, float] = {}
+    rows = []
+    for e in events:
+        split[category(e.key)] = split.get(category(e.key), 0.0) + e.device_time_total
+        rows.append({'kernel': e.key[:120], 'calls': e.count, 'ms': e.device_time_total / 1e3})
+    print(f'{args.which}{" compiled" if args.compile else ""}: {total / 1e6:.3f} s of kernels')
+    for label, us in sorted(split.items(), key=lambda kv: -kv[1]):
+        print(f'  {label:<10} {us / 1e6:7.3f} s  {100 * us / total:5.1f} %')
+    for r in rows[:args.rows]:
+        print(f'  {r["ms"]:9.1f} ms {r["calls"]:6d}  {r["kernel"]}')
+    out_dir = Path(os.environ.get('OUT') or ROOT / 'bench' / 'results')
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.datetime.now().strftime('%Y%m%d-%H%M%S')
+    path = out_dir / f'profile_dit-{args.which}{"-compile" if args.compile else ""}-{stamp}.json'
+    path.write_text(json.dumps({'benchmark': 'profile_dit', 'git_commit': git_commit(),
+                                'device': torch.cuda.get_device_name(), 'torch': torch.__version__,
+                                'command': ' '.join([sys.executable, *sys.argv]), 'split_s':
+                                {k: v / 1e6 for k, v in split.items()}, 'kernels': rows[:60]}, indent=2))
+    print(f'wrote {path}')
+
+
+if __name__ == '__main__':
+    main()
