@@ -9,10 +9,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def git_commit() -> str | None:
-    """HEAD's hash ('+dirty' with uncommitted changes); WAN_COMMIT where the tree has no .git (the GPU copy)."""
+    """WAN_COMMIT when set (the GPU machine's copy of the tree may carry a stale .git), else HEAD's
+    hash ('+dirty' with uncommitted changes)."""
+    if os.environ.get('WAN_COMMIT'):
+        return os.environ['WAN_COMMIT']
+
     def git(*args: str) -> str:
         return subprocess.run(['git', *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
     try:
         return git('rev-parse', 'HEAD') + ('+dirty' if git('status', '--porcelain') else '')
     except (OSError, subprocess.CalledProcessError):
-        return os.environ.get('WAN_COMMIT')
+        return None
