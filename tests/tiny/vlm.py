@@ -48,7 +48,7 @@ def build_tiny_tokenizer(chat_template: str = CHAT_TEMPLATE, vocab_size: int = 3
                               'context_image_token': '<IMG_CONTEXT>', 'video_token': '<video>'})
 
 
-def _text_config(tokenizer) -> dict:
+def qwen_text_config(tokenizer) -> dict:
     return dict(model_type='qwen2', vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2,
                 num_attention_heads=2, num_key_value_heads=1, intermediate_size=64,
                 max_position_embeddings=4096, tie_word_embeddings=True,
@@ -56,7 +56,7 @@ def _text_config(tokenizer) -> dict:
                 pad_token_id=tokenizer.pad_token_id)
 
 
-def _finish(model, tokenizer, folder: Path) -> Path:
+def save_vlm_folder(model, tokenizer, folder: Path) -> Path:
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     folder.mkdir(parents=True, exist_ok=True)
@@ -72,20 +72,20 @@ def build_tiny_internvl(folder: str | Path, image_seq_length: int = 16, seed: in
     tokenizer = build_tiny_tokenizer()
     vision = dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
                   image_size=448, patch_size=56)
-    config = InternVLConfig(vision_config=vision, text_config=_text_config(tokenizer),
+    config = InternVLConfig(vision_config=vision, text_config=qwen_text_config(tokenizer),
                             image_token_id=tokenizer.context_image_token_id,
                             image_seq_length=image_seq_length, downsample_ratio=0.5)
     torch.manual_seed(seed)
-    return _finish(InternVLForConditionalGeneration(config), tokenizer, Path(folder))
+    return save_vlm_folder(InternVLForConditionalGeneration(config), tokenizer, Path(folder))
 
 
 def build_tiny_qwen2(folder: str | Path, seed: int = 0) -> Path:
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     tokenizer = build_tiny_tokenizer()
-    config = _text_config(tokenizer)
+    config = qwen_text_config(tokenizer)
     config.pop('model_type')
     torch.manual_seed(seed)
     model = Qwen2ForCausalLM(Qwen2Config(**config))
     model.generation_config.do_sample = True  # as Qwen2.5-Instruct's generation_config.json
-    return _finish(model, tokenizer, Path(folder))
+    return save_vlm_folder(model, tokenizer, Path(folder))
