@@ -172,6 +172,9 @@ class WanSelfAttention(_Projections):
         self.attn_fn = attention  # seam: sequence parallelism substitutes an all-to-all wrapper
 
     def forward(self, x: Tensor, freqs: Tensor, k_lens: Tensor | None) -> Tensor:
+        device_type = x.device.type
+        if torch.is_autocast_enabled(device_type):  # the cast autocast makes for each of q, k, v, once
+            x = x.to(torch.get_autocast_dtype(device_type))
         q = self.heads(self.norm_q(self.q(x)))
         k = self.heads(self.norm_k(self.k(x)))
         v = self.heads(self.v(x))
