@@ -6,12 +6,16 @@
 
 No full-size checkpoint touches the disk: the loaders in wan.pipelines.components are replaced by
 ones that build random models in memory (bf16 DiT and umT5, fp32 VAE; meta device, then random
-tensors assigned on the GPU), and a placeholder checkpoint folder (empty files, a small tokenizer)
-satisfies the command line's checks. Everything after loading is `wan.cli.generate_main(argv)` with
-a real argv and the reference's single-GPU flags (--offload_model True --convert_model_dtype), so
-the A14B run swaps its experts through the CPU at the boundary as a user's run does. Reported per
+tensors assigned on the GPU, then handed over where the real loaders put them: DiT on the
+placement's load device, umT5 on the CPU), and a placeholder checkpoint folder (empty files, a
+small tokenizer) satisfies the command line's checks. Everything after loading is
+`wan.cli.generate_main(argv)` with a real argv and the reference's single-GPU flags
+(--offload_model True --convert_model_dtype), so the A14B run swaps its experts through the CPU at
+the boundary as a user's run does. Reported per
 run: seconds and peak GPU memory of each stage (load = random init here, text, prepare, denoise,
-decode, save), seconds of every denoising step with its expert, the output checked (frames, size).
+decode, save), seconds of every denoising step with its expert, each expert swap (the placement's
+activate calls that moved an expert) and each host-copy operation (building the page-locked copy,
+copies to the GPU with their GB/s, pointing back), the output checked (frames, size).
 One JSON file goes to $OUT (default bench/results) with the GPU, versions, commit and commands.
 """
 from __future__ import annotations
@@ -19,11 +23,13 @@ from __future__ import annotations
 import argparse
 import datetime
 import gc
+import itertools
 import json
 import os
 import shlex
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,7 +48,7 @@ from wan.modules.model import WanModel  # noqa: E402
 from wan.modules.t5 import T5Encoder, UMT5Encoder, load_tokenizer  # noqa: E402
 from wan.modules.vae2_1 import Wan2_1_VAE, build_vae21  # noqa: E402
 from wan.modules.vae2_2 import Wan2_2_VAE, build_vae22  # noqa: E402
-from wan.pipelines import components  # noqa: E402
+from wan.pipelines import components, placement  # noqa: E402
 from wan.utils.checkpoint import load_into  # noqa: E402
 from wan.utils.video_io import read_video  # noqa: E402
 
@@ -61,14 +67,32 @@ class RandomModels:
         self.device, self.smoke = device, smoke
         self.generator = torch.Generator(device).manual_seed(seed)
 
-    def _randomize(self, module: torch.nn.Module, dtype: torch.dtype, dim: int) -> torch.nn.Module:
-        """Assign random non-zero tensors (tests/tiny/dit.py scales) to a meta-built module."""
+    def _randomize(self, module: torch.nn.Module, dtype: torch.dtype, dim: int,
+                   target: torch.device | str | None = None) -> torch.nn.Module:
+        """Assign random non-zero tensors (tests/tiny/dit.py scales) to a meta-built module, drawn
+        on self.device, then each moved to `target` (default: stay)."""
         tensors = {}
         for key, ref in module.state_dict().items():
             mean, std = random_init(key, tuple(ref.shape), dim)
-            tensors[key] = (torch.randn(ref.shape, generator=self.generator, device=self.device, dtype=dtype)
-                            .mul_(std).add_(mean))
+            tensor = (torch.randn(ref.shape, generator=self.generator, device=self.device, dtype=dtype)
+                      .mul_(std).add_(mean))
+            tensors[key] = tensor if target is None else self._to(tensor, torch.device(target))
         return load_into(module, tensors, 'random weights').eval().requires_grad_(False)
+
+    def _to(self, tensor: torch.Tensor, target: torch.device) -> torch.Tensor:
+        """GPU -> pageable CPU memory (where a loaded checkpoint lives) through a reused pinned
+        buffer: a plain .to('cpu') of GPU memory runs at about 1 GB/s here."""
+        if target.type != 'cpu' or tensor.device.type != 'cuda':
+            return tensor.to(target)
+        if getattr(self, '_staging', None) is None:
+            self._staging = torch.empty(2**28, dtype=torch.uint8, pin_memory=True)
+        out = torch.empty(tensor.shape, dtype=tensor.dtype)
+        src, dst = tensor.reshape(-1).view(torch.uint8), out.reshape(-1).view(torch.uint8)
+        for start in range(0, src.numel(), self._staging.numel()):
+            part = src[start:start + self._staging.numel()]
+            self._staging[:part.numel()].copy_(part)
+            dst[start:start + part.numel()].copy_(self._staging[:part.numel()])
+        return out
 
     def text_encoder(self, config, ckpt_dir) -> T5Encoder:
         sizes = dict(FULL_T5, num_layers=1, dim_attn=64, dim_ffn=64, num_heads=2) if self.smoke else FULL_T5
@@ -79,7 +103,7 @@ class RandomModels:
         encoder = T5Encoder.__new__(T5Encoder)
         encoder.text_len = config.text_len
         encoder.tokenizer = load_tokenizer(Path(ckpt_dir) / config.t5_tokenizer, config.text_len)
-        encoder.model = self._randomize(model, config.t5_dtype, sizes['dim'])
+        encoder.model = self._randomize(model, config.t5_dtype, sizes['dim'], 'cpu')  # as T5Encoder loads
         return encoder
 
     def vae(self, config, ckpt_dir, device):
@@ -94,8 +118,9 @@ class RandomModels:
                                 dtype=torch.float32, device=device)
 
     def dit(self, folder, dtype, device) -> WanModel:
-        """Built on the GPU whatever `device` says (random init on the CPU would dominate); the
-        placement then moves experts between CPU and GPU exactly as for loaded weights."""
+        """Random init on the GPU (on the CPU it would dominate), then moved to `device` as loaded
+        weights are, so the placement moves experts between CPU and GPU exactly as in a real run
+        (a module born on the GPU would take another path: its host copy made from the GPU)."""
         in_dim, out_dim = self.in_out
         c = self.config
         dims = dict(dim=32, ffn_dim=64, num_heads=2, num_layers=2) if self.smoke else dict(
@@ -104,12 +129,84 @@ class RandomModels:
         with torch.device('meta'):
             model = WanModel(model_type=model_type, in_dim=in_dim, out_dim=out_dim, freq_dim=c.freq_dim,
                              text_len=c.text_len, eps=c.eps, **dims)
-        return self._randomize(model, dtype or torch.float32, dims['dim'])
+        return self._randomize(model, dtype or torch.float32, dims['dim'], device)
 
     def install(self) -> None:
         components.load_text_encoder = self.text_encoder
         components.load_vae = self.vae
         components.load_dit = self.dit
+
+
+class MoveRecorder:
+    """Times the placement's moves during one run: every `activate` call that changed which expert
+    is on the device (the swap, as a step sees it) and every HostCopy operation (build, copy in,
+    point back), with a device synchronize around each so the seconds are the moves' own."""
+
+    def __init__(self):
+        self.swaps: list[dict] = []
+        self.host_copies: list[dict] = []
+        self._saved = []
+
+    def _timed(self, device: torch.device, fn, *args):
+        if device.type == 'cuda':
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        out = fn(*args)
+        if device.type == 'cuda':
+            torch.cuda.synchronize(device)
+        return out, time.perf_counter() - start
+
+    def install(self) -> None:
+        recorder, calls = self, itertools.count()
+        activate, base = placement.Placement.activate, placement.HostCopy
+
+        def on_device(experts: dict, device: torch.device) -> list[str]:
+            return sorted(name for name, m in experts.items() if placement.module_device(m) == device)
+
+        def timed_activate(self_, experts, name):
+            step, before = next(calls), on_device(experts, self_.device)
+            model, seconds = recorder._timed(self_.device, activate, self_, experts, name)
+            after = on_device(experts, self_.device)
+            if after != before:
+                recorder.swaps.append({'step': step, 'expert': name, 'seconds': seconds,
+                                       'on_device_before': before, 'on_device_after': after})
+            return model
+
+        class TimedHostCopy(base):
+            def __init__(self_, module, pin_for=None):
+                device = pin_for if pin_for is not None else placement.CPU
+                _, seconds = recorder._timed(device, super().__init__, module, pin_for)
+                self_.label = type(module).__name__
+                recorder._log(self_, 'build', seconds, pinned=self_.pinned)
+
+            def to_device(self_, device):
+                _, seconds = recorder._timed(device, super().to_device, device)
+                recorder._log(self_, 'to_device', seconds)
+
+            def to_host(self_):
+                _, seconds = recorder._timed(placement.CPU, super().to_host)
+                recorder._log(self_, 'to_host', seconds)
+
+        self._saved = [(placement.Placement, 'activate', activate), (placement, 'HostCopy', base)]
+        placement.Placement.activate = timed_activate
+        placement.HostCopy = TimedHostCopy
+
+    def _log(self, host, op: str, seconds: float, **extra) -> None:
+        record = {'module': host.label, 'op': op, 'gib': host.nbytes / 2**30, 'seconds': seconds, **extra}
+        if op == 'to_device':
+            record['gb_per_s'] = host.nbytes / 1e9 / max(seconds, 1e-9)
+        self.host_copies.append(record)
+
+    def restore(self) -> None:
+        for owner, name, value in self._saved:
+            setattr(owner, name, value)
+        self._saved = []
+
+    def summary(self) -> str:
+        parts = [f"step {s['step']} -> {s['expert']} {s['seconds']:.2f}s" for s in self.swaps]
+        parts += [f"{h['module']} {h['op']} {h['gib']:.1f} GiB {h['seconds']:.2f}s"
+                  + (f" ({h['gb_per_s']:.1f} GB/s)" if 'gb_per_s' in h else '') for h in self.host_copies]
+        return '; '.join(parts) or 'no moves'
 
 
 def placeholder_checkpoint(task: str, folder: Path) -> Path:
@@ -144,10 +241,13 @@ def run_family(family: str, steps: int, smoke: bool, device: torch.device, work:
         reports.append(run_video(args, parallel))
         return reports[-1]
     cli.run_video = capture
+    moves = MoveRecorder()
+    moves.install()
     try:
         code = cli.generate_main(argv)
     finally:
         cli.run_video = run_video
+        moves.restore()
     if code != 0:
         raise SystemExit(f'{family}: generate.py exited with {code}')
     (report,) = reports
@@ -156,6 +256,7 @@ def run_family(family: str, steps: int, smoke: bool, device: torch.device, work:
         'family': family, 'task': task, 'size': size, 'frame_num': frames, 'sample_steps': steps,
         'command': shlex.join(['python', 'generate.py', *argv]),
         'stages': report.timer.stages, 'steps': report.timer.steps,
+        'expert_swaps': moves.swaps, 'host_copies': moves.host_copies, 'moves_summary': moves.summary(),
         # the load stage holds every model on the GPU at once (random init there): not a user's peak
         'peak_gib': max((s['peak_gib'] for name, s in report.timer.stages.items()
                          if 'peak_gib' in s and name != 'load'), default=None),
@@ -192,11 +293,13 @@ def main() -> None:
         'device': torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu',
         'torch': torch.__version__, 'cuda': torch.version.cuda, 'python': sys.version.split()[0],
         'attention_backend': resolve_backend(device), 'smoke': args.smoke,
-        'notes': 'random weights; load = random init of every model in GPU memory (no disk read), so its peak '
-                 'is not a real one and peak_gib is the largest peak of the later stages; the placement then '
-                 'moves models as in a real run (T5 to the CPU after encoding, the idle A14B expert to the CPU '
-                 'at the first step, the swap at the boundary, all experts to the CPU after sampling: step 0 '
-                 'and the first low-noise step include these copies)',
+        'notes': 'random weights; load = random init of every model in GPU memory (no disk read), then the '
+                 'DiT and umT5 copied to the CPU as the real loaders leave them, so its time and peak are not '
+                 'real ones and peak_gib is the largest peak of the later stages; the placement then moves '
+                 'models as in a real run (T5 to the GPU and back, an expert to the GPU at the first step, the '
+                 'swap at the boundary, all experts to the CPU after sampling). expert_swaps: the seconds of '
+                 'each such move as the step sees it (inside that step time; the first time a module moves '
+                 'it includes building its page-locked host copy); host_copies: each HostCopy operation',
         'runs': [],
     }
     families = ['5b', 'a14b'] if args.family == 'both' else [args.family]
@@ -205,6 +308,7 @@ def main() -> None:
             result = run_family(family, args.steps, args.smoke, device, Path(work))
             peak = f"{result['peak_gib']:.1f} GiB" if result['peak_gib'] is not None else 'n/a'
             print(f"{family}: {result['summary']}; peak {peak}; output {result['output']}", flush=True)
+            print(f"{family} moves: {result['moves_summary']}", flush=True)
             results['runs'].append(result)
 
     out_dir = args.out or Path(os.environ.get('OUT') or ROOT / 'bench' / 'results')

@@ -8,17 +8,31 @@ Rules of the reference, on one GPU:
   once, at the boundary. After sampling, `offload_model` sends them back to the CPU.
 - The VAE lives on the GPU.
 With FSDP or sequence parallelism (`init_on_cpu=False`) models are placed on the device once and stay.
+
+How modules move (not in the reference): on a CUDA device, a module that goes back and forth (the
+A14B experts, T5 with `offload_model`) keeps one page-locked CPU copy of its weights, a `HostCopy`
+made on its first move. Going to the GPU is an asynchronous copy from it (PCIe/C2C speed instead of
+~1 GB/s from pageable memory); going back costs nothing: the weights point at the host copy again.
 """
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+import itertools
+import logging
+import time
+import weakref
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Iterator
 
 import torch
 from torch import nn
 
+log = logging.getLogger(__name__)
+
 CPU = torch.device('cpu')
+ALIGN = 512  # bytes: each tensor of a host copy starts at a multiple (the CUDA allocator's granularity)
+_REGISTER_PORTABLE = 1  # cudaHostRegisterPortable: page-locked for every CUDA context of the process
 
 
 def default_device(local_rank: int = 0) -> torch.device:
@@ -30,20 +44,141 @@ def module_device(module: nn.Module) -> torch.device:
     return param.device if param is not None else CPU
 
 
+def _alias_groups(module: nn.Module) -> list[list[torch.Tensor]]:
+    """The module's parameters and buffers (non-persistent ones too), grouped by the memory they view:
+    a tied weight, or two tensors viewing the same memory the same way, form one group."""
+    groups: dict[tuple, list[torch.Tensor]] = {}
+    for tensor in itertools.chain(module.parameters(), module.buffers()):  # each object once
+        key = (tensor.device, tensor.data_ptr(), tensor.dtype, tuple(tensor.shape), tensor.stride())
+        groups.setdefault(key, []).append(tensor)
+    return list(groups.values())
+
+
+def _page_lock(buffer: torch.Tensor, device: torch.device) -> bool:
+    """cudaHostRegister `buffer` in place; False if CUDA refuses. The call runs on a helper thread, so a
+    refusal's error stays in that thread's CUDA error state instead of surfacing at our next kernel."""
+    def register() -> int:
+        with torch.cuda.device(device):
+            cudart = torch.cuda.cudart()
+            return int(cudart.cudaHostRegister(buffer.data_ptr(), buffer.nbytes, _REGISTER_PORTABLE))
+    with ThreadPoolExecutor(1) as pool:
+        error = pool.submit(register).result()
+    if error:
+        log.warning('cannot page-lock %.1f GiB of host memory (CUDA error %d): weights will move at '
+                    'pageable-memory speed', buffer.nbytes / 2**30, error)
+    return not error
+
+
+def _unregister(buffer: torch.Tensor) -> None:
+    torch.cuda.cudart().cudaHostUnregister(buffer.data_ptr())
+
+
+class HostCopy:
+    """A module's parameters and buffers kept once in CPU memory: its CPU state between trips to a device.
+
+    One flat buffer holds every tensor as a view, in the dtype it has (so after any conversion at
+    load). With `pin_for` (a CUDA device) the buffer is page-locked in place (cudaHostRegister), not
+    with `Tensor.pin_memory()`, whose allocator rounds each block up to a power of two (up to twice the
+    memory). Building it points the module's tensors at the buffer: their old CPU storage is freed, or
+    the module leaves the device. `to_device` copies from it; `to_host` points the tensors back with no
+    copy, which is right because inference never writes weights. Tensors are re-pointed in place
+    (`.data`), so tied weights stay tied and every reference to a parameter follows the move.
+    """
+
+    @torch.no_grad()
+    def __init__(self, module: nn.Module, pin_for: torch.device | None = None):
+        groups = _alias_groups(module)
+        offsets, total = [], 0
+        for tensors in groups:
+            offsets.append(total)
+            total += -(-tensors[0].nbytes // ALIGN) * ALIGN
+        self.buffer = torch.empty(total, dtype=torch.uint8)
+        self.slots: list[tuple[list[torch.Tensor], torch.Tensor]] = []  # (module's tensors, their host view)
+        for tensors, offset in zip(groups, offsets):
+            first = tensors[0]
+            host = self.buffer[offset:offset + first.nbytes].view(first.dtype).view(first.shape)
+            host.copy_(first)
+            self.slots.append((tensors, host))
+            for tensor in tensors:  # one at a time: the old storage goes as the copy grows
+                tensor.data = host
+        # page-locked once filled: locking first would fault in the whole buffer while the old storage lives
+        self.pinned = pin_for is not None and total > 0 and _page_lock(self.buffer, pin_for)
+        if self.pinned:
+            weakref.finalize(self, _unregister, self.buffer).atexit = False
+
+    @property
+    def nbytes(self) -> int:
+        return self.buffer.nbytes
+
+    @torch.no_grad()
+    def to_device(self, device: torch.device) -> None:
+        """Give the module fresh copies on `device` (asynchronous from pinned memory), complete on return."""
+        for tensors, host in self.slots:
+            copy = host.to(device, non_blocking=self.pinned, copy=True)
+            for tensor in tensors:
+                tensor.data = copy
+        if device.type == 'cuda':
+            torch.cuda.synchronize(device)  # weights complete before use; and a swap time that is true
+
+    def to_host(self) -> None:
+        """Point the module back at the host copy: no copy; its device memory is released."""
+        for tensors, host in self.slots:
+            for tensor in tensors:
+                tensor.data = host
+
+
 @dataclass
 class Placement:
     device: torch.device
     offload_model: bool = False
     t5_cpu: bool = False
     init_on_cpu: bool = True
+    host_copies: bool | None = None  # a HostCopy per module that comes and goes; None: on a CUDA device
+    _host: weakref.WeakKeyDictionary = field(default_factory=weakref.WeakKeyDictionary, init=False,
+                                             repr=False, compare=False)
+
+    def __post_init__(self):
+        self.device = torch.device(self.device)
+        if self.device.type == 'cuda' and self.device.index is None and torch.cuda.is_available():
+            self.device = torch.device('cuda', torch.cuda.current_device())  # comparable with tensor devices
 
     @property
     def dit_load_device(self) -> torch.device:
         return CPU if self.init_on_cpu else self.device
 
+    @property
+    def keeps_host_copies(self) -> bool:
+        """Whether modules that come and go use HostCopy: in a single process (`init_on_cpu`), never
+        for FSDP shards or models placed once."""
+        enabled = self.host_copies
+        if enabled is None:
+            enabled = self.device.type == 'cuda' and torch.cuda.is_available()
+        return enabled and self.init_on_cpu
+
     def _empty_cache(self) -> None:
         if self.device.type == 'cuda' and torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+    def move(self, module: nn.Module, device: torch.device, comes_and_goes: bool) -> None:
+        """Put `module` on `device`. One that `comes_and_goes` goes through its host copy (made on
+        its first move) when the placement keeps them; any other simply moves (`module.to`)."""
+        if module_device(module) == device:
+            return
+        if not (comes_and_goes and self.keeps_host_copies):
+            module.to(device)
+            return
+        host = self._host.get(module)
+        if host is None:
+            start = time.perf_counter()
+            pin_for = self.device if self.device.type == 'cuda' else None
+            host = self._host[module] = HostCopy(module, pin_for)
+            log.info('kept %.1f GiB of %s weights in %s host memory (%.1f s, once)', host.nbytes / 2**30,
+                     type(module).__name__, 'page-locked' if host.pinned else 'pageable',
+                     time.perf_counter() - start)
+        if device == CPU:
+            host.to_host()
+        else:
+            host.to_device(device)
 
     @contextlib.contextmanager
     def text_encoder(self, module: nn.Module) -> Iterator[torch.device]:
@@ -51,31 +186,31 @@ class Placement:
         if self.t5_cpu:
             yield CPU
             return
-        module.to(self.device)
+        self.move(module, self.device, comes_and_goes=self.offload_model)
         try:
             yield self.device
         finally:
             if self.offload_model:
-                module.to(CPU)
+                self.move(module, CPU, comes_and_goes=True)
                 self._empty_cache()
 
     def activate(self, experts: dict[str, nn.Module], name: str) -> nn.Module:
         """Return expert `name` on the device; on one GPU every other expert leaves it first."""
         wanted = experts[name]
         if self.offload_model or self.init_on_cpu:
-            for other, module in experts.items():
-                if other != name and module_device(module) != CPU and module is not wanted:
-                    module.to(CPU)
-                    self._empty_cache()
-            if module_device(wanted) != self.device:
-                wanted.to(self.device)
+            comes_and_goes = len(experts) > 1 or self.offload_model
+            for module in experts.values():
+                if module is not wanted and module_device(module) != CPU:
+                    self.move(module, CPU, comes_and_goes)
+                    self._empty_cache()  # the outgoing expert's memory is free before the next arrives
+            self.move(wanted, self.device, comes_and_goes)
         return wanted
 
     def release(self, experts: dict[str, nn.Module]) -> None:
         """After sampling: with `offload_model`, every expert back to the CPU."""
         if self.offload_model:
             for module in experts.values():
-                module.to(CPU)
+                self.move(module, CPU, comes_and_goes=True)
             if self.device.type == 'cuda' and torch.cuda.is_available():
                 torch.cuda.synchronize(self.device)
             self._empty_cache()
