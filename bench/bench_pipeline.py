@@ -222,8 +222,10 @@ def placeholder_checkpoint(task: str, folder: Path) -> Path:
     return folder
 
 
-def run_family(family: str, steps: int, smoke: bool, device: torch.device, work: Path) -> dict:
-    task, size, frames, _ = FAMILIES[family]
+def run_family(family: str, steps: int, smoke: bool, device: torch.device, work: Path,
+               size: str | None = None, extra: tuple[str, ...] = ()) -> dict:
+    task, default_size, frames, _ = FAMILIES[family]
+    size = size or default_size
     if smoke:
         frames = 5
     ckpt = placeholder_checkpoint(task, work / f'ckpt_{family}')
@@ -233,6 +235,7 @@ def run_family(family: str, steps: int, smoke: bool, device: torch.device, work:
             '--ckpt_dir', str(ckpt), '--base_seed', '42', '--prompt', PROMPT, '--save_file', str(out)]
     if not smoke:
         argv += ['--offload_model', 'True', '--convert_model_dtype']
+    argv += list(extra)
 
     reports = []
     run_video = cli.run_video
@@ -275,6 +278,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--family', choices=['5b', 'a14b', 'both'], default='both')
     parser.add_argument('--steps', type=int, default=3, help='denoising steps (A14B: 3 crosses the boundary)')
+    parser.add_argument('--a14b_size', default=None, help="A14B size instead of 832*480, e.g. '1280*720'")
+    parser.add_argument('--extra', default='', help="more generate.py flags for every run, e.g. '--compile'")
     parser.add_argument('--smoke', action='store_true', help='tiny models on the CPU: checks the script')
     parser.add_argument('--out', type=Path, default=None, help='output folder (default $OUT or bench/results)')
     args = parser.parse_args()
@@ -305,7 +310,9 @@ def main() -> None:
     families = ['5b', 'a14b'] if args.family == 'both' else [args.family]
     with tempfile.TemporaryDirectory(prefix='wan-bench-') as work:
         for family in families:
-            result = run_family(family, args.steps, args.smoke, device, Path(work))
+            result = run_family(family, args.steps, args.smoke, device, Path(work),
+                                size=args.a14b_size if family == 'a14b' else None,
+                                extra=tuple(shlex.split(args.extra)))
             peak = f"{result['peak_gib']:.1f} GiB" if result['peak_gib'] is not None else 'n/a'
             print(f"{family}: {result['summary']}; peak {peak}; output {result['output']}", flush=True)
             print(f"{family} moves: {result['moves_summary']}", flush=True)
