@@ -1,6 +1,7 @@
 """WanModel: official layout, parity with diffusers' WanTransformer3DModel, RoPE, time embedding,
 padding, fp32 islands, sequence-parallel seams and strict checkpoint loading."""
 import json
+from unittest import mock
 
 import pytest
 import torch
@@ -259,13 +260,19 @@ def test_rope_apply_matches_spec(head_dim, grids, seq_len):
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(len(grids), seq_len, 2, head_dim, generator=gen)
     freqs = model.rope(grids, seq_len, torch.device('cpu'))
-    assert freqs.shape == (1 if len(set(grids)) == 1 else len(grids), seq_len, 1, head_dim // 2)
+    assert freqs.shape == (1 if len(set(grids)) == 1 else len(grids), seq_len, 1, head_dim // 2, 2)
     out = rope_apply(x, freqs)
     assert out.dtype == torch.float32
     expected = reference_rope(x, grids, head_dim)
     torch.testing.assert_close(out, expected, rtol=1e-6, atol=2e-6)
     for i, (f, h, w) in enumerate(grids):
         assert torch.equal(out[i, f * h * w:], x[i, f * h * w:])
+
+    # the real-arithmetic form used inside torch.compile: the same rotation to fp32 rounding
+    with mock.patch('torch.compiler.is_compiling', return_value=True):
+        real_form = rope_apply(x, freqs)
+    torch.testing.assert_close(real_form, expected, rtol=1e-6, atol=2e-6)
+    assert (real_form - out).abs().max() <= 4 * torch.finfo(torch.float32).eps * x.abs().max()
 
 
 # -- padding and batching ------------------------------------------------------------------------
@@ -345,7 +352,7 @@ def test_sequence_parallel_seams():
     with torch.no_grad():
         out = model(x, t, context, seq_len)[0]
     assert torch.equal(out, expected)
-    assert calls == [('split', (1, seq_len, 64), 1), ('split', (1, seq_len, 1, 16), 1),
+    assert calls == [('split', (1, seq_len, 64), 1), ('split', (1, seq_len, 1, 16, 2), 1),
                      ('split', (1, seq_len), 1), ('gather', (1, seq_len, 64), 1)]  # x, RoPE, row index
     assert attn_calls == [(1, seq_len, 2, 32)] * 2
     assert set(model.state_dict()) == set(random_dit_state_dict(tiny_config('ti2v')))
@@ -353,7 +360,7 @@ def test_sequence_parallel_seams():
     calls.clear()  # a shared t has no token axis: nothing to split
     with torch.no_grad():
         model(x, torch.tensor([500]), context, seq_len)
-    assert [c[1] for c in calls if c[0] == 'split'] == [(1, seq_len, 64), (1, seq_len, 1, 16)]
+    assert [c[1] for c in calls if c[0] == 'split'] == [(1, seq_len, 64), (1, seq_len, 1, 16, 2)]
 
 
 # -- checkpoints -------------------------------------------------------------------------------------

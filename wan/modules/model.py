@@ -76,10 +76,16 @@ def rope_tables(head_dim: int, max_positions: int = ROPE_MAX_POSITIONS, theta: f
 def rope_apply(x: Tensor, freqs: Tensor) -> Tensor:
     """Rotate adjacent pairs (x[2j], x[2j+1]) of x [B, L, N, D] by per-token angles, in fp32.
 
-    freqs: complex64 [B or 1, L, 1, D/2]; rows equal to 1 (padding) leave x unchanged.
+    freqs: fp32 [B or 1, L, 1, D/2, 2], (cos, sin) of each angle; rows (1, 0) (padding) leave x
+    unchanged.
     """
-    pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))  # x[2j] + i x[2j+1]
-    return torch.view_as_real(pairs * freqs).flatten(3)
+    pairs = x.float().unflatten(-1, (-1, 2))
+    if torch.compiler.is_compiling():  # real arithmetic, which inductor fuses with the norm and cast
+        real, imag = pairs.unbind(-1)
+        cos, sin = freqs.unbind(-1)
+        return torch.stack([real * cos - imag * sin, real * sin + imag * cos], dim=-1).flatten(3)
+    # eagerly one complex multiply: x[2j] + i x[2j+1] times cos + i sin
+    return torch.view_as_real(torch.view_as_complex(pairs) * torch.view_as_complex(freqs)).flatten(3)
 
 
 Runs = list[tuple[int, int, int]]  # (row, start, end): tokens start..end-1 use row `row`
@@ -209,7 +215,7 @@ class WanAttentionBlock(nn.Module):
     def forward(self, x: Tensor, e0: Tensor, freqs: Tensor, context: Tensor,
                 k_lens: Tensor | None, runs: Runs | None = None) -> Tensor:
         """x [B, L, C]; e0 [B, L or 1, 6, C] fp32, or one row per run of `runs` [1, R, 6, C];
-        freqs [B or 1, L, 1, D/2] complex64 RoPE; context [B, text_len, C] (spec 3.4)."""
+        freqs [B or 1, L, 1, D/2, 2] RoPE cos/sin; context [B, text_len, C] (spec 3.4)."""
         shift_msa, scale_msa, gate_msa, shift_ffn, scale_ffn, gate_ffn = \
             (self.modulation.float() + e0).unbind(2)  # each [B, L or 1 or R, C] fp32
         y = self.self_attn(modulate(self.norm1(x).float(), shift_msa, scale_msa, runs), freqs, k_lens)
@@ -300,7 +306,7 @@ class WanModel(nn.Module):
 
         e, e0, index = self.time_embeddings(t.to(x.device), seq_len)
         context = self.text_embedding(torch.stack([self._pad_context(u) for u in context]))
-        freqs = self.rope(grids, seq_len, x.device)  # [B or 1, L, 1, D/2] complex64
+        freqs = self.rope(grids, seq_len, x.device)  # [B or 1, L, 1, D/2, 2] fp32 cos/sin
         # keys beyond each sample's tokens are masked only when there is padding
         k_lens = torch.tensor(seq_lens, dtype=torch.int32) if min(seq_lens) < seq_len else None
 
@@ -336,7 +342,8 @@ class WanModel(nn.Module):
         return e[index], e0[index], None
 
     def rope(self, grids: list[tuple[int, int, int]], seq_len: int, device: torch.device) -> Tensor:
-        """complex64 [B or 1, seq_len, 1, D/2] rotations of the global (unsplit) padded sequence.
+        """fp32 [B or 1, seq_len, 1, D/2, 2] (cos, sin) rotations of the global (unsplit) padded
+        sequence.
 
         Token (f, h, w) of a grid takes row f of the t-table, h of the h-table and w of the
         w-table (positions from 0); padding rows are 1 (no rotation).
@@ -356,7 +363,7 @@ class WanModel(nn.Module):
                               w_part[None, None, :w].expand(f, h, w, -1)], dim=-1).reshape(f * h * w, half)
             return torch.cat([full, full.new_ones(seq_len - f * h * w, half)])[:, None]  # [L, 1, D/2]
 
-        return torch.stack([rows(g) for g in (grids[:1] if len(set(grids)) == 1 else grids)])
+        return torch.view_as_real(torch.stack([rows(g) for g in (grids[:1] if len(set(grids)) == 1 else grids)]))
 
     def unpatchify(self, x: Tensor, grids: list[tuple[int, int, int]]) -> list[Tensor]:
         """[B, L, prod(patch)*C_out] -> B tensors [C_out, F*pt, H*ph, W*pw] fp32 (C_out fastest)."""

@@ -45,10 +45,12 @@ def to_uint8_frames(video: torch.Tensor) -> np.ndarray:
     """[3, T, H, W] in [-1, 1] -> [T, H, W, 3] uint8, with the reference's truncation (spec 7.6)."""
     if video.ndim != 4 or video.shape[0] != 3:
         raise ValueError(f'expected a video tensor [3, T, H, W], got shape {tuple(video.shape)}')
-    x = video.detach().float().cpu().clamp(-1, 1)
+    # computed where the video is (on a GPU: exact IEEE elementwise ops, the same bytes as on the
+    # CPU), so only the uint8 frames cross to the host
+    x = video.detach().float().clamp(-1, 1)
     x = (x + 1) / 2  # make_grid(normalize=True, value_range=(-1, 1))
     x = (x * 255).to(torch.uint8)  # truncation, not rounding
-    return x.permute(1, 2, 3, 0).contiguous().numpy()
+    return x.permute(1, 2, 3, 0).contiguous().cpu().numpy()
 
 
 def _padded_size(width: int, height: int) -> tuple[int, int]:
