@@ -219,10 +219,14 @@ def _check_sampling(args: argparse.Namespace) -> None:
 
 def _check_parallel(args: argparse.Namespace, cfg) -> None:
     world_size = world()[1]
-    if args.ulysses_size < 1 or cfg.num_heads % args.ulysses_size:
+    if args.ulysses_size < 1:
+        raise UserError(f'--ulysses_size {args.ulysses_size} must be at least 1')
+    if cfg.num_heads % args.ulysses_size:  # the reference refuses; the all-to-all pads the heads instead
+        padded = -(-cfg.num_heads // args.ulysses_size) * args.ulysses_size
         divisors = [d for d in range(1, cfg.num_heads + 1) if cfg.num_heads % d == 0]
-        raise UserError(f'--ulysses_size {args.ulysses_size} does not divide the {cfg.num_heads} attention heads '
-                        f'of {args.task}; use one of {", ".join(map(str, divisors))}')
+        log.warning('--ulysses_size %d does not divide the %d attention heads of %s: padded to %d heads '
+                    '(%.0f %% more attention work); %s divide them', args.ulysses_size, cfg.num_heads,
+                    args.task, padded, 100 * (padded / cfg.num_heads - 1), ', '.join(map(str, divisors)))
     if world_size == 1 and (args.t5_fsdp or args.dit_fsdp):
         raise UserError('--t5_fsdp/--dit_fsdp need a multi-GPU launch (torchrun --nproc_per_node=N generate.py ...)')
     if args.t5_fsdp and args.t5_cpu:
