@@ -5,10 +5,13 @@ alone and then 4-frame chunks, decode sees one latent frame at a time. Each caus
 last `CACHE_T` frames of its input for the next chunk. That state lives in a `CausalCache` created
 per call and passed explicitly; modules hold none.
 
-Tensor layout everywhere: x [B, C, T, H, W].
+Tensor layout everywhere: x [B, C, T, H, W] (in memory either contiguous or, with
+`DecodeOptions.channels_last`, channels-last).
 """
 from __future__ import annotations
 
+import functools
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -24,6 +27,31 @@ CACHE_T = 2  # frames each causal conv keeps from the previous chunk (spec 6.1)
 # (3 ResidualBlocks) + the 3x3 conv after the x2 upsample, rounded up per level: 6 + ceil(7/2) +
 # ceil(7/4) + ceil(8/8) (the last level adds the head conv) = 13. The same for both VAEs.
 DECODER_HALO = 13
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    """Opt-in speed levers of `decode` (issue 8). Each keeps the output within bf16 rounding of the
+    default decode; none changes the encoder.
+
+    cudnn_benchmark: let cuDNN time its convolution algorithms (the first decode of each shape
+        searches; chunk 0 and the later chunks have different shapes).
+    channels_last: decoder convolution weights and activations channels-last (NDHWC).
+    norm: 'exact' (fp32 in the reference's operation order, spec 6.1), 'lean' (fp32 norm and
+        product without a full-size fp32 tensor, one frame at a time; bf16 speed and memory) or
+        'compiled' (the exact order fused with SiLU by torch.compile; needs a GPU to pay off).
+    """
+
+    cudnn_benchmark: bool = False
+    channels_last: bool = False
+    norm: str = 'exact'
+
+    def __post_init__(self) -> None:
+        if self.norm not in NORM_VARIANTS:
+            raise ValueError(f'norm must be one of {NORM_VARIANTS}, got {self.norm!r}')
+
+
+NORM_VARIANTS = ('exact', 'lean', 'compiled')
 
 
 class CausalCache:
@@ -51,10 +79,23 @@ class CausalCache:
         return old
 
 
+def memory_format(x: torch.Tensor) -> torch.memory_format:
+    """channels_last_3d for a channels-last 5-D tensor, else contiguous."""
+    if x.dim() == 5 and not x.is_contiguous() and x.is_contiguous(
+            memory_format=torch.channels_last_3d):
+        return torch.channels_last_3d
+    return torch.contiguous_format
+
+
 class CausalConv3d(nn.Conv3d):
     """Conv3d padded causally in time: 2*p_t frames in front, taken from the cache, else zeros.
 
     Space is zero-padded by the convolution itself (p_h, p_w on both sides), as in spec 6.1.
+    The time-padded input is one buffer: `input_buffer` fills its front and hands back the slot
+    for the chunk, which a caller may fill directly (see `norm_silu_input`); `convolve` keeps
+    the buffer's last CACHE_T frames for the next chunk and convolves. Keeping those frames
+    equals the reference's rule: while a layer has seen fewer than CACHE_T frames, they include
+    the zeros the next chunk would pad with anyway.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int, int],
@@ -62,30 +103,121 @@ class CausalConv3d(nn.Conv3d):
         pad_t, pad_h, pad_w = (padding,) * 3 if isinstance(padding, int) else padding
         super().__init__(in_channels, out_channels, kernel_size, stride, padding=(0, pad_h, pad_w))
         self.time_pad = 2 * pad_t
+        if self.time_pad not in (0, CACHE_T):
+            raise ValueError(f'time padding {pad_t}: the cache keeps {CACHE_T} frames, so 0 or 1')
+
+    def front(self, x: torch.Tensor, cache: CausalCache | None) -> torch.Tensor:
+        """The time_pad frames in front of chunk x: those kept from the last chunk, else zeros."""
+        kept = None if cache is None else cache.tails.get(self)
+        if kept is not None:
+            return kept
+        b, c, _, h, w = x.shape
+        return torch.zeros((b, c, self.time_pad, h, w), dtype=x.dtype, device=x.device).to(
+            memory_format=memory_format(self.weight))
+
+    def input_buffer(self, x: torch.Tensor, cache: CausalCache | None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(buffer [B, C, time_pad + T, H, W] with `front` in place, slot for x = the rest)."""
+        b, c, t, h, w = x.shape
+        p = self.time_pad
+        # the layout of the weights (DecodeOptions.channels_last), whatever x's layout
+        buf = torch.empty((b, c, p + t, h, w), dtype=x.dtype, device=x.device,
+                          memory_format=memory_format(self.weight))
+        buf[:, :, :p] = self.front(x, cache)
+        return buf, buf[:, :, p:]
+
+    def padded(self, x: torch.Tensor, cache: CausalCache | None) -> torch.Tensor:
+        buf, slot = self.input_buffer(x, cache)
+        slot.copy_(x)
+        return buf
+
+    def convolve(self, buf: torch.Tensor, cache: CausalCache | None) -> torch.Tensor:
+        """Keep the last CACHE_T frames of the padded input `buf` and convolve it."""
+        if cache is not None:
+            cache.tails[self] = buf[:, :, -CACHE_T:].clone()  # a view would keep the chunk alive
+        return super().forward(buf)
 
     def forward(self, x: torch.Tensor, cache: CausalCache | None = None) -> torch.Tensor:
-        if self.time_pad:
-            tail = cache.swap(self, x) if cache is not None else None
-            parts = [x] if tail is None else [tail, x]
-            missing = self.time_pad - (0 if tail is None else tail.shape[2])
-            if missing:
-                b, c, _, h, w = x.shape
-                parts.insert(0, x.new_zeros(b, c, missing, h, w))
-            x = torch.cat(parts, 2)
-        return super().forward(x)
+        if not self.time_pad:
+            return super().forward(x)
+        return self.convolve(self.padded(x, cache), cache)
+
+
+def rms_norm(x: torch.Tensor, gamma: torch.Tensor, scale: float) -> torch.Tensor:
+    """`F.normalize(x, dim=1) * scale * gamma` in fp32 in the reference's order (spec 6.1), cast
+    back to x's dtype."""
+    xf = x.float()
+    denom = xf.norm(2.0, 1, keepdim=True).clamp_min(1e-12)  # F.normalize's own steps
+    # x.float() of a bf16 x is a copy: divide that in place, unless autograd needs it
+    y = xf.div_(denom) if x.dtype != torch.float32 and not xf.requires_grad else xf / denom
+    return y.mul_(scale).mul_(gamma.float()).to(x.dtype)
+
+
+def rms_norm_lean(x: torch.Tensor, gamma: torch.Tensor, scale: float, out: torch.Tensor) -> None:
+    """`rms_norm` into `out` without a full-size fp32 tensor: the norm accumulates in fp32 from x
+    directly and x * (scale * gamma) / norm is formed in fp32 one frame at a time, rounded once.
+    Differs from `rms_norm` by the fp32 rounding of the reordered product (within bf16 rounding)."""
+    g = gamma.float() * scale
+    for t in range(x.shape[2]):
+        frame = x[:, :, t:t + 1]
+        denom = torch.linalg.vector_norm(frame, 2.0, 1, keepdim=True, dtype=torch.float32)
+        torch.div(frame * g, denom.clamp_min_(1e-12), out=out[:, :, t:t + 1])
+
+
+def padded_norm_silu(x: torch.Tensor, gamma: torch.Tensor, scale: float, front: torch.Tensor
+                     ) -> torch.Tensor:
+    """[front, SiLU(rms_norm(x))] along time: a causal conv's padded input."""
+    return torch.cat([front, F.silu(rms_norm(x, gamma, scale))], 2)
+
+
+@functools.cache
+def compiled_padded_norm_silu(backend: str = 'inductor'):
+    """`padded_norm_silu` compiled (built on first use): one kernel reads x and writes the norm
+    and SiLU straight into the concatenated buffer.
+
+    Sizes and the scale are symbolic, so the layers share graphs; one is still compiled per
+    dtype, per single-/multi-frame chunk and per input layout (contiguous, channels-last, or
+    frame-major as a per-frame 2-D upsample leaves it): more than dynamo's default limit of 8
+    in one process.
+    """
+    compiled = torch.compile(padded_norm_silu, backend=backend, dynamic=True)
+    return torch._dynamo.config.patch(recompile_limit=64, specialize_float=False)(compiled)
 
 
 class RMSNorm(nn.Module):
-    """`F.normalize(x, dim=1) * sqrt(dim) * gamma` (spec 6.1); computed in fp32, cast back."""
+    """`F.normalize(x, dim=1) * sqrt(dim) * gamma` (spec 6.1); computed in fp32, cast back.
+
+    `variant` (`DecodeOptions.norm`) picks how `norm_silu_input` computes it at inference.
+    """
 
     def __init__(self, dim: int, images: bool):
         super().__init__()
         self.scale = dim ** 0.5
         self.gamma = nn.Parameter(torch.ones(dim, 1, 1) if images else torch.ones(dim, 1, 1, 1))
+        self.variant = 'exact'
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.normalize(x.float(), dim=1)  # a new tensor: scale it in place, same rounding order
-        return y.mul_(self.scale).mul_(self.gamma.float()).to(x.dtype)
+        return rms_norm(x, self.gamma, self.scale)
+
+
+def norm_silu_input(norm: RMSNorm, conv: CausalConv3d, x: torch.Tensor, cache: CausalCache
+                    ) -> torch.Tensor:
+    """conv's padded input (`CausalConv3d.padded`) holding SiLU(norm(x)) after the cached frames.
+
+    'exact' (and autograd, which out= operations do not record) computes SiLU(norm(x)) and then
+    copies it in, so the norm's fp32 temporaries are gone before the buffer exists. 'lean' and
+    'compiled' write straight into the buffer, saving that copy.
+    """
+    if norm.variant == 'exact' or torch.is_grad_enabled():
+        return conv.padded(F.silu(norm(x), inplace=True), cache)
+    if norm.variant == 'compiled':
+        # a detached gamma, a plain tensor, may get a symbolic width (a Parameter may not)
+        return compiled_padded_norm_silu()(x, norm.gamma.detach(), norm.scale,
+                                           conv.front(x, cache))
+    buf, slot = conv.input_buffer(x, cache)
+    rms_norm_lean(x, norm.gamma, norm.scale, slot)
+    F.silu(slot, inplace=True)
+    return buf
 
 
 class Upsample2x(nn.Module):
@@ -103,6 +235,17 @@ def per_frame(fn: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return y.view(b, t, *y.shape[1:]).transpose(1, 2)
 
 
+def interleave_time(x: torch.Tensor) -> torch.Tensor:
+    """[B, 2C, T, H, W] whose channel halves are frames 2t and 2t+1 -> [B, C, 2T, H, W], in x's
+    memory format (one copy)."""
+    b, c2, t, h, w = x.shape
+    c = c2 // 2
+    out = torch.empty((b, c, 2 * t, h, w), dtype=x.dtype, device=x.device,
+                      memory_format=memory_format(x))
+    out.unflatten(2, (t, 2)).copy_(x.view(b, 2, c, t, h, w).permute(0, 2, 3, 1, 4, 5))
+    return out
+
+
 class ResidualBlock(nn.Module):
     """norm, SiLU, conv, norm, SiLU, dropout, conv (+ 1x1 shortcut when widths differ); spec 6.1."""
 
@@ -116,8 +259,11 @@ class ResidualBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
         norm1, _, conv1, norm2, _, _, conv2 = self.residual
-        y = conv1(F.silu(norm1(x), inplace=True), cache)
-        y = conv2(F.silu(norm2(y), inplace=True), cache)
+        y = conv1.convolve(norm_silu_input(norm1, conv1, x, cache), cache)
+        buf = norm_silu_input(norm2, conv2, y, cache)
+        del y  # free before the convolution: only x (for the shortcut) and buf are needed
+        y = conv2.convolve(buf, cache)
+        del buf
         return y.add_(self.shortcut(x))
 
 
@@ -166,9 +312,7 @@ class Resample(nn.Module):
         # upsample3d: the first chunk skips the time conv (1 frame stays 1) and caches nothing, so
         # the next chunk's conv sees zero frames in front: the reference's 'Rep' rule.
         if self.mode == 'upsample3d' and not cache.first_chunk:
-            b, c, t, h, w = x.shape
-            x = self.time_conv(x, cache)  # [B, 2C, T, H, W]: channel halves are frames 2t, 2t+1
-            x = x.view(b, 2, c, t, h, w).permute(0, 2, 3, 1, 4, 5).reshape(b, c, 2 * t, h, w)
+            x = interleave_time(self.time_conv(x, cache))
         x = per_frame(self.resample, x)
         if self.mode == 'downsample3d':
             # first chunk: no temporal downsampling; later: previous last frame + chunk, stride 2
@@ -233,7 +377,9 @@ def output_head(dim: int, out_channels: int) -> nn.Sequential:
 
 def run_head(head: nn.Sequential, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
     norm, _, conv = head
-    return conv(F.silu(norm(x), inplace=True), cache)
+    buf = norm_silu_input(norm, conv, x, cache)
+    del x
+    return conv.convolve(buf, cache)
 
 
 class CausalEncoder(nn.Module):
@@ -308,6 +454,7 @@ class CausalVAEModel(nn.Module):
         self.conv2 = CausalConv3d(z_dim, z_dim, 1)
         self.decoder = decoder
         self.z_dim, self.patch, self.stride = z_dim, patch, stride
+        self.channels_last = False  # see configure_decode
 
     def encode(self, video: torch.Tensor) -> torch.Tensor:
         """[B, 3, 1+4k, H, W] -> mu [B, z, 1+k, H/s, W/s]: frame 0 alone, then 4-frame chunks."""
@@ -321,8 +468,32 @@ class CausalVAEModel(nn.Module):
             cache.first_chunk = False
         return torch.cat(mus, 2)
 
-    def _frames(self, x: torch.Tensor) -> torch.Tensor:
-        return unpatchify(x, self.patch).float().clamp_(-1, 1)
+    def configure_decode(self, options: DecodeOptions) -> None:
+        """Apply `options` to the decoder (its RMS norms; channels-last weights)."""
+        for module in self.decoder.modules():
+            if isinstance(module, RMSNorm):
+                module.variant = options.norm
+        # conv2 and every decoder conv see activations in one layout (cuDNN picks its kernels by it)
+        layout = torch.channels_last if options.channels_last else torch.contiguous_format
+        layout_3d = torch.channels_last_3d if options.channels_last else torch.contiguous_format
+        for module in (self.conv2, *self.decoder.modules()):
+            if isinstance(module, nn.Conv3d):
+                module.to(memory_format=layout_3d)
+            elif isinstance(module, nn.Conv2d):
+                module.to(memory_format=layout)
+        self.channels_last = options.channels_last
+
+    def _decoder_input(self, z: torch.Tensor) -> torch.Tensor:
+        # conv2 is 1x1x1: per frame it equals the reference's conv2 over all frames
+        if self.channels_last:
+            z = z.contiguous(memory_format=torch.channels_last_3d)
+        return self.conv2(z)
+
+    def _put(self, out: torch.Tensor, x: torch.Tensor, rows: slice = slice(None),
+             cols: slice = slice(None)) -> None:
+        """Write decoder output x, unpatchified, cropped to rows/cols and clamped to [-1, 1],
+        into the fp32 region `out` (clamping before the exact cast to fp32 gives the same)."""
+        out.copy_(unpatchify(x.clamp(-1, 1), self.patch)[..., rows, cols])
 
     def _output(self, z: torch.Tensor) -> torch.Tensor:
         b, _, n, h, w = z.shape
@@ -339,10 +510,11 @@ class CausalVAEModel(nn.Module):
         out = self._output(z)
         cache, t0 = CausalCache(), 0
         for i in range(z.shape[2]):
-            # conv2 is 1x1x1: per frame it equals the reference's conv2 over all frames
-            frames = self._frames(self.decoder(self.conv2(z[:, :, i:i + 1]), cache))
-            out[:, :, t0:t0 + frames.shape[2]] = frames
-            t0 += frames.shape[2]
+            x = self.decoder(self._decoder_input(z[:, :, i:i + 1]), cache)
+            k = x.shape[2]
+            self._put(out[:, :, t0:t0 + k], x)
+            del x
+            t0 += k
             cache.first_chunk = False
         return out
 
@@ -357,7 +529,7 @@ class CausalVAEModel(nn.Module):
         """
         cache, stems = CausalCache(), []
         for i in range(z.shape[2]):
-            stems.append(self.decoder.stem(self.conv2(z[:, :, i:i + 1]), cache))
+            stems.append(self.decoder.stem(self._decoder_input(z[:, :, i:i + 1]), cache))
             cache.first_chunk = False
         stem = torch.cat(stems, 2)
         del stems, cache
@@ -373,9 +545,10 @@ class CausalVAEModel(nn.Module):
                 keep_c = slice((c0 - hc0) * s, (c1 - hc0) * s)
                 cache, t0 = CausalCache(), 0
                 for i in range(n):
-                    frames = self._frames(self.decoder.upsample(window[:, :, i:i + 1], cache))
-                    k = frames.shape[2]
-                    out[:, :, t0:t0 + k, r0 * s:r1 * s, c0 * s:c1 * s] = frames[..., keep_r, keep_c]
+                    x = self.decoder.upsample(window[:, :, i:i + 1], cache)
+                    k = x.shape[2]
+                    self._put(out[:, :, t0:t0 + k, r0 * s:r1 * s, c0 * s:c1 * s], x, keep_r, keep_c)
+                    del x
                     t0 += k
                     cache.first_chunk = False
         return out
@@ -391,7 +564,9 @@ def tensor_shape(tensors: dict[str, torch.Tensor], key: str, source: str | Path)
 class WanVAE:
     """Public wrapper: loads a checkpoint, owns the latent mean/std, checks inputs (spec 6.4).
 
-    Subclasses set `mean`, `std`, `stride` and `build_from(tensors, source)`.
+    `dtype` is the compute dtype (bf16 halves decode memory, output within bf16 rounding);
+    `options` the opt-in decode levers (`DecodeOptions`). Subclasses set `mean`, `std`, `stride`
+    and `build_from(tensors, source)`.
     """
 
     mean: tuple[float, ...]
@@ -399,16 +574,16 @@ class WanVAE:
     stride: tuple[int, int, int]
 
     def __init__(self, vae_pth: str | Path, dtype: torch.dtype = torch.float32,
-                 device: str | torch.device = 'cpu'):
-        self._load(read_tensors(vae_pth), vae_pth, dtype, device)
+                 device: str | torch.device = 'cpu', options: DecodeOptions = DecodeOptions()):
+        self._load(read_tensors(vae_pth), vae_pth, dtype, device, options)
 
     @classmethod
     def from_tensors(cls, tensors: dict[str, torch.Tensor], source: str = '<state dict>',
-                     dtype: torch.dtype = torch.float32, device: str | torch.device = 'cpu'
-                     ) -> WanVAE:
+                     dtype: torch.dtype = torch.float32, device: str | torch.device = 'cpu',
+                     options: DecodeOptions = DecodeOptions()) -> WanVAE:
         """Same as the constructor, from an official-layout state dict already in memory."""
         vae = cls.__new__(cls)
-        vae._load(tensors, source, dtype, device)
+        vae._load(tensors, source, dtype, device, options)
         return vae
 
     @classmethod
@@ -416,7 +591,7 @@ class WanVAE:
         raise NotImplementedError
 
     def _load(self, tensors: dict[str, torch.Tensor], source: str | Path, dtype: torch.dtype,
-              device: str | torch.device) -> None:
+              device: str | torch.device, options: DecodeOptions) -> None:
         with torch.device('meta'):
             model = self.build_from(tensors, source)
         if model.z_dim != len(self.mean):
@@ -424,6 +599,8 @@ class WanVAE:
                                   f' needs {len(self.mean)} (is it the other Wan VAE?)')
         self.model = load_into(model, tensors, source, dtype).to(device)
         self.model.eval().requires_grad_(False)
+        self.model.configure_decode(options)
+        self.options = options
         self.dtype, self.device, self.z_dim = dtype, torch.device(device), model.z_dim
         # The VAE owns its latent normalisation, in fp32 like the reference: z = (mu - mean) / std.
         fp32 = dict(dtype=torch.float32, device=device)
@@ -457,7 +634,12 @@ class WanVAE:
                                 f'got shape {list(z.shape)}')
             z = (z.to(self.device, torch.float32) / self._inv_std + self._mean).to(self.dtype)
             z = z.unsqueeze(0)
-            video = self.model.decode(z) if tile is None else self.model.decode_tiled(z, tile)
+            benchmark = torch.backends.cudnn.benchmark  # a process-wide flag: set for this decode
+            torch.backends.cudnn.benchmark = self.options.cudnn_benchmark or benchmark
+            try:
+                video = self.model.decode(z) if tile is None else self.model.decode_tiled(z, tile)
+            finally:
+                torch.backends.cudnn.benchmark = benchmark
             out.append(video[0])
         return out
 
