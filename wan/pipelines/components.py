@@ -74,13 +74,17 @@ def load_text_encoder(config, ckpt_dir: str | Path):
                      text_len=config.text_len, dtype=config.t5_dtype, device='cpu')
 
 
-def load_vae(config, ckpt_dir: str | Path, device: torch.device):
+def load_vae(config, ckpt_dir: str | Path, device: torch.device, dtype: torch.dtype = torch.float32):
+    """The task's VAE in `dtype`: fp32 as the reference, or bf16 with the decode levers measured
+    fastest on an H200 (channels-last, lean norm; bench/NOTES.md), within bf16 rounding of fp32."""
+    from ..modules.vae_common import DecodeOptions
+    options = DecodeOptions(channels_last=True, norm='lean') if dtype == torch.bfloat16 else DecodeOptions()
     path = Path(ckpt_dir) / config.vae_checkpoint
     if config.vae_checkpoint == 'Wan2.2_VAE.pth':
         from ..modules.vae2_2 import Wan2_2_VAE
-        return Wan2_2_VAE(path, dtype=torch.float32, device=device)
+        return Wan2_2_VAE(path, dtype=dtype, device=device, options=options)
     from ..modules.vae2_1 import Wan2_1_VAE
-    return Wan2_1_VAE(path, dtype=torch.float32, device=device)
+    return Wan2_1_VAE(path, dtype=dtype, device=device, options=options)
 
 
 def load_dit(folder: str | Path, dtype: torch.dtype | None, device: torch.device) -> nn.Module:

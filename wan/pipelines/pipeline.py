@@ -76,13 +76,13 @@ class VideoPipeline:
                         convert_model_dtype: bool = False, sp_size: int = 1,
                         autocast_dtype: torch.dtype | None = None,
                         timer: StageTimer | None = None, parallel=None,
-                        compile_dit: bool = False) -> VideoPipeline:
+                        compile_dit: bool = False, vae_dtype: torch.dtype = torch.float32) -> VideoPipeline:
         config = WAN_CONFIGS[task]
         components.check_checkpoint_dir(config, ckpt_dir, task)
         timer = timer or StageTimer(placement.device)
         with timer.stage('load'):
             text_encoder = components.load_text_encoder(config, ckpt_dir)
-            vae = components.load_vae(config, ckpt_dir, placement.device)
+            vae = components.load_vae(config, ckpt_dir, placement.device, vae_dtype)
             dtype = config.param_dtype if convert_model_dtype else None
             if parallel is None:
                 experts = {name: components.load_dit(folder, dtype, placement.dit_load_device)
