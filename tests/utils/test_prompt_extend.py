@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from PIL import Image
 
-from tests.tiny.vlm import build_tiny_qwen2
+from tests.tiny.vlm import build_tiny_qwen2, build_tiny_tokenizer, qwen_text_config, save_vlm_folder
 from wan.errors import UserError
 from wan.utils import prompt_extend, system_prompt
 
@@ -174,3 +174,97 @@ def test_local_qwen(tmp_path, monkeypatch, caplog):
         missing = dict(args, model=str(tmp_path / 'nowhere'))
         assert prompt_extend.extend_prompt('a cat', seed=1, **missing) == 'a cat'
     assert 'using the original prompt' in caplog.text
+
+
+# Qwen2.5-VL's chat format: an image item renders as <|vision_start|><|image_pad|><|vision_end|>.
+QWEN_VL_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
+    "{% if m['content'] is string %}{{ m['content'] }}{% else %}"
+    "{% for c in m['content'] %}{% if c['type'] == 'text' %}{{ c['text'] }}"
+    "{% elif c['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>{% endif %}"
+    "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+QWEN_VL_TOKENS = ['<|vision_start|>', '<|vision_end|>', '<|image_pad|>', '<|video_pad|>']
+
+
+def build_tiny_qwen_vl(folder):
+    """Qwen2.5-VL: one vision block (14-pixel patches, 2x2 merge) + the tiny Qwen2 text model, and
+    a Qwen2_5_VLProcessor whose image size limits are those of Qwen2.5-VL-7B-Instruct's
+    preprocessor_config.json (min 56*56, max 16384*28*28 pixels), so extend_prompt's own limits
+    (spec 11: 256*28*28 .. 1280*28*28) are what the test sees."""
+    import torch
+    from transformers import (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration,
+                              Qwen2_5_VLProcessor, Qwen2VLImageProcessor, Qwen2VLVideoProcessor)
+
+    tokenizer = build_tiny_tokenizer(QWEN_VL_TEMPLATE)
+    tokenizer.add_special_tokens({'additional_special_tokens': QWEN_VL_TOKENS})
+    text = qwen_text_config(tokenizer)
+    text.pop('model_type')
+    text['rope_scaling'] = {'type': 'mrope', 'mrope_section': [2, 3, 3]}  # head_dim 16 -> 8 pairs
+    start, end, image, video = tokenizer.convert_tokens_to_ids(QWEN_VL_TOKENS)
+    vision = dict(depth=1, hidden_size=16, num_heads=2, intermediate_size=32, out_hidden_size=32,
+                  fullatt_block_indexes=[0])
+    config = Qwen2_5_VLConfig(text_config=text, vision_config=vision, image_token_id=image,
+                              video_token_id=video, vision_start_token_id=start,
+                              vision_end_token_id=end)
+    torch.manual_seed(0)
+    model = Qwen2_5_VLForConditionalGeneration(config)
+    model.generation_config.do_sample = True
+    folder = save_vlm_folder(model, tokenizer, folder)
+    size = {'shortest_edge': 56 * 56, 'longest_edge': 16384 * 28 * 28}
+    Qwen2_5_VLProcessor(image_processor=Qwen2VLImageProcessor(size=size), tokenizer=tokenizer,
+                        video_processor=Qwen2VLVideoProcessor(size=size),
+                        chat_template=QWEN_VL_TEMPLATE).save_pretrained(folder)
+    return folder
+
+
+def test_local_qwen_vl_with_image(tmp_path, monkeypatch, caplog):
+    """Local Qwen2.5-VL with an image, end to end. Needs torchvision (transformers' Qwen2-VL video
+    processor, which AutoProcessor loads with the image processor, requires it): skipped where it
+    is missing, as in CI."""
+    pytest.importorskip('torchvision', reason="transformers' Qwen2-VL processor needs torchvision")
+    import torch
+    import transformers
+    folder = build_tiny_qwen_vl(tmp_path / 'qwen_vl')
+    model_class = transformers.Qwen2_5_VLForConditionalGeneration
+    seen, models, real_generate = [], [], model_class.generate
+
+    def spy(self, **inputs):
+        seen.append(inputs)
+        models.append(weakref.ref(self))
+        return real_generate(self, **inputs)
+
+    monkeypatch.setattr(model_class, 'generate', spy)
+    args = dict(method='local_qwen', model=str(folder), task='i2v-A14B', target_lang='en',
+                device='cpu', max_new_tokens=8)
+    small = Image.new('RGB', (64, 48), (10, 200, 30))
+    with caplog.at_level(logging.WARNING, logger='wan.utils.prompt_extend'):
+        first = prompt_extend.extend_prompt('a cat', image=small, seed=1, **args)
+        again = prompt_extend.extend_prompt('a cat', image=small, seed=1, **args)
+        other = prompt_extend.extend_prompt('a cat', image=small, seed=2, **args)
+        large = prompt_extend.extend_prompt('a cat', image=Image.new('RGB', (2000, 1000)), seed=1,
+                                            **args)
+    fallbacks = [r for r in caplog.records if r.name == 'wan.utils.prompt_extend']
+    assert fallbacks == [], 'prompt extension fell back to the original prompt'
+    assert isinstance(first, str) and first and first != 'a cat' and '\n' not in first
+    assert again == first != other and large != 'a cat'
+    assert len(models) == 4 and all(ref() is None for ref in models), 'the VLM was not freed'
+
+    # min_pixels = 256*28*28: 64x48 scales up by sqrt(200704/3072) ~ 8.08 and each side rounds up
+    # to a multiple of 28 -> 532x392 pixels, a 38x28 grid of 14-pixel patches (the checkpoint's own
+    # minimum, 56*56, would give 56x56 pixels: 4x4 patches).
+    inputs = seen[0]
+    assert inputs['image_grid_thw'].tolist() == [[1, 28, 38]]
+    image_pad = transformers.AutoConfig.from_pretrained(folder).image_token_id
+    assert (inputs['input_ids'] == image_pad).sum().item() == 28 * 38 // 4  # 2x2 merge
+    # Every patch carries the image's colour, CLIP-normalised (3 channels x 2 frames x 14 x 14).
+    mean = torch.tensor(transformers.image_utils.OPENAI_CLIP_MEAN)
+    std = torch.tensor(transformers.image_utils.OPENAI_CLIP_STD)
+    expected = ((torch.tensor([10, 200, 30]) / 255 - mean) / std).view(1, 3, 1)
+    patches = inputs['pixel_values'].view(28 * 38, 3, 2 * 14 * 14)
+    torch.testing.assert_close(patches, expected.expand_as(patches), rtol=0, atol=1e-5)
+    # max_pixels = 1280*28*28: 2000x1000 shrinks by sqrt(2e6/1003520) ~ 1.41, sides rounded down
+    # to multiples of 28 -> 1400x700 pixels, 100x50 patches (the checkpoint's 16384*28*28 would
+    # keep 1988x1008).
+    assert seen[3]['image_grid_thw'].tolist() == [[1, 50, 100]]

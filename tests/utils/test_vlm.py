@@ -167,3 +167,50 @@ def test_missing_or_wrong_vlm_folder(tmp_path, video):
     (tmp_path / 'empty').mkdir()
     with pytest.raises(UserError, match='cannot read .*config.json'):
         vlm.caption_video(video, vlm_path=tmp_path / 'empty', device='cpu')
+
+
+def test_preprocessing_matches_transformers_internvl_processor(tiny_internvl):
+    """Our pixels and expanded prompt against transformers' InternVLProcessor (native layout), set
+    up as InternVL-HF checkpoints are (448x448, bicubic, ImageNet mean/std) with one tile per frame
+    (crop_to_patches=False; the processor's own default tiles). Needs torchvision, which those
+    processors require: skipped where it is missing, as in CI."""
+    pytest.importorskip('torchvision', reason="transformers' InternVL processors need torchvision")
+    import transformers
+    from transformers import GotOcr2ImageProcessor, InternVLProcessor, InternVLVideoProcessor
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tiny_internvl)
+    config = transformers.AutoConfig.from_pretrained(tiny_internvl)
+    settings = dict(size={'height': 448, 'width': 448}, resample=Image.BICUBIC,
+                    image_mean=list(vlm.IMAGENET_MEAN), image_std=list(vlm.IMAGENET_STD))
+    processor = InternVLProcessor(GotOcr2ImageProcessor(**settings), tokenizer,
+                                  InternVLVideoProcessor(**settings),
+                                  image_seq_length=config.image_seq_length)
+    # Pixel noise, landscape or square frames: for these PIL runs the horizontal bicubic pass
+    # first, as torchvision always does. For portrait frames PIL runs the vertical pass first and,
+    # with uint8 rounding between the passes, noise then differs by up to ~20 of 255 levels.
+    rng = np.random.default_rng(0)
+    frames = [Image.fromarray(rng.integers(0, 256, (height, width, 3), np.uint8))
+              for width, height in [(832, 480), (96, 64), (1280, 720), (448, 448)] * 2]
+    video = rng.integers(0, 256, (len(frames), 480, 832, 3), np.uint8)
+    prompt = vlm.question_with_frames('What happens?', len(frames))
+    chat = tokenizer.apply_chat_template([{'role': 'user', 'content': prompt}], tokenize=False,
+                                         add_generation_prompt=True)
+    image = '<img>' + '<IMG_CONTEXT>' * config.image_seq_length + '</img>'
+    our_ids = tokenizer(chat.replace(vlm.IMAGE_PLACEHOLDER, image), return_tensors='pt',
+                        add_special_tokens=False)['input_ids']
+    video_chat = tokenizer.apply_chat_template(
+        [{'role': 'user', 'content': '<video>\nWhat happens?'}], tokenize=False,
+        add_generation_prompt=True)
+    as_images = processor(text=[chat.replace(vlm.IMAGE_PLACEHOLDER, '<IMG_CONTEXT>')],
+                          images=frames, crop_to_patches=False, return_tensors='pt')
+    as_video = processor(text=[video_chat], videos=[video], return_tensors='pt')
+    std = torch.tensor(vlm.IMAGENET_STD).view(3, 1, 1)
+    for native, ours in [(as_images, vlm.pixel_values(frames)),
+                         (as_video, vlm.pixel_values([Image.fromarray(f) for f in video]))]:
+        # the video path writes the same 'Frame{i}: <img>...</img>' lines
+        assert torch.equal(native['input_ids'], our_ids)
+        assert native['pixel_values'].shape == ours.shape
+        # PIL's bicubic (the fork's, spec 14.2) and torchvision's uint8 bicubic round a few
+        # values differently: at most 2 of 255 levels, on under 1% of the values.
+        levels = ((native['pixel_values'] - ours) * std * 255).abs()
+        assert levels.max() < 2.01 and (levels > 0.5).float().mean() < 0.01
