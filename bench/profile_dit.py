@@ -12,6 +12,7 @@ import datetime
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,9 +68,17 @@ def main() -> None:
             return model([x], t, [context], seq_len)
     forward()
     torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+    start = time.perf_counter()
+    forward()
+    torch.cuda.synchronize()
+    wall = time.perf_counter() - start
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         forward()
         torch.cuda.synchronize()
+    # host calls that wait for the GPU: each one drains the queue, and the GPU then idles while
+    # the host launches the next kernels (a suspect for wall time above kernel time)
+    syncs = {e.key: e.count for e in prof.key_averages()
+             if 'Synchronize' in e.key or e.key in ('aten::item', 'aten::_local_scalar_dense', 'aten::nonzero')}
     events = [e for e in prof.key_averages() if e.device_time_total > 0]
     events.sort(key=lambda e: -e.device_time_total)
     total = sum(e.device_time_total for e in events)
@@ -78,7 +87,8 @@ def main() -> None:
     for e in events:
         split[category(e.key)] = split.get(category(e.key), 0.0) + e.device_time_total
         rows.append({'kernel': e.key[:120], 'calls': e.count, 'ms': e.device_time_total / 1e3})
-    print(f'{args.which}{" compiled" if args.compile else ""}: {total / 1e6:.3f} s of kernels')
+    print(f'{args.which}{" compiled" if args.compile else ""}: {total / 1e6:.3f} s of kernels, '
+          f'{wall:.3f} s wall (unprofiled); host waits: {syncs}')
     for label, us in sorted(split.items(), key=lambda kv: -kv[1]):
         print(f'  {label:<10} {us / 1e6:7.3f} s  {100 * us / total:5.1f} %')
     for r in rows[:args.rows]:
@@ -89,7 +99,8 @@ def main() -> None:
     path = out_dir / f'profile_dit-{args.which}{"-compile" if args.compile else ""}-{stamp}.json'
     path.write_text(json.dumps({'benchmark': 'profile_dit', 'git_commit': git_commit(),
                                 'device': torch.cuda.get_device_name(), 'torch': torch.__version__,
-                                'command': ' '.join([sys.executable, *sys.argv]), 'split_s':
+                                'command': ' '.join([sys.executable, *sys.argv]), 'wall_s': wall,
+                                'host_waits': syncs, 'split_s':
                                 {k: v / 1e6 for k, v in split.items()}, 'kernels': rows[:60]}, indent=2))
     print(f'wrote {path}')
 
