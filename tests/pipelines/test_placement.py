@@ -1,6 +1,7 @@
 """Placement: at most one A14B expert on the GPU, T5 back to the CPU after encoding when offloading;
 host copies: weights stored once in CPU memory, copied to the device, pointed back to without a copy."""
 from types import SimpleNamespace
+from unittest import mock
 
 import pytest
 import torch
@@ -139,6 +140,39 @@ def test_experts_swap_through_host_copies_made_once(recorded_host_copies):
         placement.release(experts)
         assert log == ([(LOW, 'point back', None)] if offload else []) and experts_on(experts) == (
             [] if offload else [LOW])
+
+
+def test_prepare_builds_host_copies_in_the_background_in_order(recorded_host_copies):
+    import threading
+    experts = fake_experts()
+    builders = []
+    original = Placement._host_copy
+
+    def recording(self, module):
+        builders.append((module.name, threading.current_thread().name))
+        return original(self, module)
+    placement = Placement(GPU, offload_model=True, host_copies=True)
+    with mock.patch.object(Placement, '_host_copy', recording):
+        placement.prepare([experts[HIGH], experts[LOW]])
+        placement.prepare([experts[HIGH], experts[LOW]])  # already pending: nothing new
+        _, log, resident = run_schedule(placement, [HIGH, LOW], experts)
+    assert [name for name, _ in builders] == [HIGH, LOW]  # the first needed first, each once
+    assert all(thread.startswith('host-copy') for _, thread in builders)
+    assert resident == [[HIGH], [LOW]]
+    # the background build of LOW may land anywhere before LOW is needed
+    assert [e for e in log if e[1] != 'host copy'] == [(HIGH, 'copy in', []), (HIGH, 'point back', None),
+                                                       (LOW, 'copy in', [])]
+    assert log.index((HIGH, 'host copy', CPU)) < log.index((HIGH, 'copy in', []))
+    assert log.index((LOW, 'host copy', CPU)) < log.index((LOW, 'copy in', []))
+
+
+def test_prepare_does_nothing_where_no_host_copy_is_kept(recorded_host_copies):
+    for placement, names in [(Placement(GPU, host_copies=True), [DENSE]),     # one model that stays
+                             (Placement(GPU, host_copies=False), [HIGH, LOW]),
+                             (Placement(GPU, init_on_cpu=False, host_copies=True), [HIGH, LOW])]:
+        experts = fake_experts(names)
+        placement.prepare(list(experts.values()))
+        assert placement._builder is None and not placement._pending
 
 
 def test_an_expert_born_on_the_gpu_leaves_through_its_new_host_copy(recorded_host_copies):

@@ -22,7 +22,7 @@ from torch import nn
 from ..configs import WAN_CONFIGS
 from ..errors import UserError
 from . import components
-from .denoise import DenoiseInputs, GuidedModel, StepInfo, denoise
+from .denoise import HIGH, DenoiseInputs, GuidedModel, StepInfo, denoise
 from .i2v import prepare_i2v
 from .placement import Placement
 from .t2v import prepare_t2v
@@ -135,6 +135,8 @@ class VideoPipeline:
         guide = request.guide_scale
         guide_scale = (float(guide), float(guide)) if isinstance(guide, (int, float)) else tuple(guide)
 
+        # the high-noise expert runs first (spec 7.1); host copies for the swaps start building now
+        self.placement.prepare(sorted(self.experts.values(), key=lambda m: m is not self.experts.get(HIGH)))
         with self.timer.stage('text'):
             context, context_null = self.encode_prompts(request.prompt, negative_prompt)
         # noise from a generator on the target device, seeded with the seed (spec 15.15)

@@ -136,6 +136,9 @@ class Placement:
     host_copies: bool | None = None  # a HostCopy per module that comes and goes; None: on a CUDA device
     _host: weakref.WeakKeyDictionary = field(default_factory=weakref.WeakKeyDictionary, init=False,
                                              repr=False, compare=False)
+    _pending: weakref.WeakKeyDictionary = field(default_factory=weakref.WeakKeyDictionary, init=False,
+                                                repr=False, compare=False)  # module -> Future[HostCopy]
+    _builder: ThreadPoolExecutor | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self):
         self.device = torch.device(self.device)
@@ -169,16 +172,34 @@ class Placement:
             return
         host = self._host.get(module)
         if host is None:
-            start = time.perf_counter()
-            pin_for = self.device if self.device.type == 'cuda' else None
-            host = self._host[module] = HostCopy(module, pin_for)
-            log.info('kept %.1f GiB of %s weights in %s host memory (%.1f s, once)', host.nbytes / 2**30,
-                     type(module).__name__, 'page-locked' if host.pinned else 'pageable',
-                     time.perf_counter() - start)
+            pending = self._pending.pop(module, None)
+            host = self._host[module] = pending.result() if pending is not None else self._host_copy(module)
         if device == CPU:
             host.to_host()
         else:
             host.to_device(device)
+
+    def _host_copy(self, module: nn.Module) -> HostCopy:
+        start = time.perf_counter()
+        pin_for = self.device if self.device.type == 'cuda' else None
+        host = HostCopy(module, pin_for)
+        log.info('kept %.1f GiB of %s weights in %s host memory (%.1f s, once)', host.nbytes / 2**30,
+                 type(module).__name__, 'page-locked' if host.pinned else 'pageable',
+                 time.perf_counter() - start)
+        return host
+
+    def prepare(self, experts: list[nn.Module]) -> None:
+        """Build, one after another in a background thread, the host copies that `activate` will
+        need for `experts` (in the order given: the first needed first), so that text encoding
+        and the first expert's steps hide the building; `move` waits for a copy not yet done."""
+        if not (self.keeps_host_copies and (len(experts) > 1 or self.offload_model)):
+            return
+        for module in experts:
+            if module in self._host or module in self._pending or module_device(module) != CPU:
+                continue
+            if self._builder is None:
+                self._builder = ThreadPoolExecutor(1, thread_name_prefix='host-copy')
+            self._pending[module] = self._builder.submit(self._host_copy, module)
 
     @contextlib.contextmanager
     def text_encoder(self, module: nn.Module) -> Iterator[torch.device]:
