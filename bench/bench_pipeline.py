@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from bench.common import git_commit  # noqa: E402
+from bench.common import bench_device, git_commit  # noqa: E402
 
 from tests.tiny.dit import random_init  # noqa: E402
 from tests.tiny.t5 import tokenizer_pieces, write_tokenizer  # noqa: E402
@@ -286,12 +286,7 @@ def main() -> None:
     parser.add_argument('--out', type=Path, default=None, help='output folder (default $OUT or bench/results)')
     args = parser.parse_args()
 
-    if args.smoke:
-        device = torch.device('cpu')
-    elif not torch.cuda.is_available():
-        raise SystemExit('no GPU: run with --smoke for the CPU check')
-    else:
-        device = torch.device('cuda', 0)
+    device = bench_device(args.smoke)
     torch.manual_seed(0)
     from wan.modules.attention import resolve_backend
     results = {

@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from bench.bench_pipeline import RandomModels, placeholder_checkpoint  # noqa: E402
-from bench.common import git_commit  # noqa: E402
+from bench.common import bench_device, git_commit  # noqa: E402
 from tests.tiny.vlm import build_tiny_internvl, qwen_text_config, save_vlm_folder  # noqa: E402
 from wan import cli  # noqa: E402
 from wan.configs import SIZE_CONFIGS, SUPPORTED_SIZES  # noqa: E402
@@ -213,12 +213,7 @@ def main() -> None:
     parser.add_argument('--out', type=Path, default=None, help='output folder (default $OUT or bench/results)')
     args = parser.parse_args()
 
-    if args.smoke:
-        device = torch.device('cpu')
-    elif not torch.cuda.is_available():
-        raise SystemExit('no GPU: run with --smoke for the CPU check')
-    else:
-        device = torch.device('cuda', 0)
+    device = bench_device(args.smoke)
     size, frames, (in_width, in_height, in_frames) = SMOKE if args.smoke else FULL
     frames = args.frames or frames
     import transformers

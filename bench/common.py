@@ -20,3 +20,13 @@ def git_commit() -> str | None:
         return git('rev-parse', 'HEAD') + ('+dirty' if git('status', '--porcelain') else '')
     except (OSError, subprocess.CalledProcessError):
         return None
+
+
+def bench_device(smoke: bool):
+    """The CPU for a --smoke check, else the first GPU; exits with a hint when there is none."""
+    import torch
+    if smoke:
+        return torch.device('cpu')
+    if not torch.cuda.is_available():
+        raise SystemExit('no GPU: run with --smoke for the CPU check')
+    return torch.device('cuda', 0)
