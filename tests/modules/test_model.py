@@ -202,8 +202,8 @@ def test_per_token_t_forward_equals_gathered_rows():
         out = model(x, t, context, seq_len)[0]
         original = model.time_embeddings
 
-        def gathered(t, seq_len):
-            e, e0, index = original(t, seq_len)
+        def gathered(t, seq_len, device=None):
+            e, e0, index = original(t, seq_len, device)
             return e[:, index[0]], e0[:, index[0]], None
         model.time_embeddings = gathered
         expected = model(x, t, context, seq_len)[0]
@@ -490,3 +490,19 @@ def test_no_weights(checkpoint):
     with pytest.raises(CheckpointError, match=r'no diffusion_pytorch_model.safetensors or '
                                               r'diffusion_pytorch_model.safetensors.index.json in'):
         WanModel.from_pretrained(checkpoint)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
+def test_forward_never_waits_for_the_gpu_given_host_timesteps():
+    """With t on the host (as GuidedModel passes it) the forward queues work without a sync, so
+    the GPU is never idle between the conditional and unconditional passes."""
+    model = tiny_model('ti2v').cuda()
+    x, t, context, seq_len, _ = inputs('ti2v')
+    x, context = [u.cuda() for u in x], [u.cuda() for u in context]
+    with torch.no_grad():
+        model(x, t, context, seq_len)  # first call: RoPE table, kernels
+        torch.cuda.set_sync_debug_mode('error')
+        try:
+            model(x, t, context, seq_len)
+        finally:
+            torch.cuda.set_sync_debug_mode('default')

@@ -48,6 +48,13 @@ def fp32_linear(x: Tensor, layer: nn.Linear) -> Tensor:
         return F.linear(x.float(), layer.weight.float(), layer.bias.float())
 
 
+def _to_device(tensor: Tensor, device: torch.device) -> Tensor:
+    """A small host tensor to `device` without waiting: a CUDA copy from pinned memory is queued."""
+    if device.type == 'cuda' and tensor.device.type == 'cpu':
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
 def sinusoidal_embedding_1d(dim: int, position: Tensor) -> Tensor:
     """[len(position), dim] float64: cos then sin of position * 10000^(-k/(dim/2)) (spec 3.3)."""
     half = dim // 2
@@ -304,7 +311,7 @@ class WanModel(nn.Module):
         x = torch.cat([F.pad(p.flatten(2).transpose(1, 2), (0, 0, 0, seq_len - n))
                        for p, n in zip(patches, seq_lens)])  # [B, L, C]
 
-        e, e0, index = self.time_embeddings(t.to(x.device), seq_len)
+        e, e0, index = self.time_embeddings(t, seq_len, x.device)
         context = self.text_embedding(torch.stack([self._pad_context(u) for u in context]))
         freqs = self.rope(grids, seq_len, x.device)  # [B or 1, L, 1, D/2, 2] fp32 cos/sin
         # keys beyond each sample's tokens are masked only when there is padding
@@ -319,14 +326,18 @@ class WanModel(nn.Module):
         x = self.seq_gather(x, 1)
         return self.unpatchify(self.head(x, e, None if index is None else token_runs(index)), grids)
 
-    def time_embeddings(self, t: Tensor, seq_len: int) -> tuple[Tensor, Tensor, Tensor | None]:
-        """e and e0 = time_projection(e) in fp32 (spec 3.3 step 4), and a row index.
+    def time_embeddings(self, t: Tensor, seq_len: int, device: torch.device | None = None
+                        ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """e and e0 = time_projection(e) in fp32 on `device` (spec 3.3 step 4), and a row index.
 
         Each distinct timestep value is embedded once. Returns e [B, 1 or L, C], e0 [B, 1 or L,
         6, C] and None when t is one value per sample or differs between samples; when every
         sample has the same per-token t: one row per distinct value, e [1, R, C], e0 [1, R, 6, C],
-        and index [1, L], each token's row.
+        and index [1, L] on the CPU, each token's row.
+        The analysis of t runs on the CPU: given t there, the forward never waits for the GPU.
         """
+        device = t.device if device is None else device
+        t = t.cpu()
         if t.dim() == 1:
             t = t.unsqueeze(1)
         elif t.shape[1] != seq_len:
@@ -334,11 +345,12 @@ class WanModel(nn.Module):
         elif bool((t == t[:, :1]).all()):
             t = t[:, :1]
         values, index = torch.unique(t, return_inverse=True)
-        sinusoid = sinusoidal_embedding_1d(self.freq_dim, values).float()
+        sinusoid = sinusoidal_embedding_1d(self.freq_dim, _to_device(values, device)).float()
         e = fp32_linear(F.silu(fp32_linear(sinusoid, self.time_embedding[0])), self.time_embedding[2])
         e0 = fp32_linear(F.silu(e), self.time_projection[1]).unflatten(1, (6, self.dim))
         if t.size(1) > 1 and bool((t == t[:1]).all()):
             return e[None], e0[None], index[:1]
+        index = _to_device(index, device)
         return e[index], e0[index], None
 
     def rope(self, grids: list[tuple[int, int, int]], seq_len: int, device: torch.device) -> Tensor:

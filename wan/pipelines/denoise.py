@@ -86,6 +86,8 @@ class GuidedModel:
         self.boundary = boundary
         self.y = y
         self.token_mask = token_mask
+        # per-token timesteps are built on the host, so the model's forward never waits for the GPU
+        self.token_mask_host = None if token_mask is None else token_mask.cpu()
         self.autocast_dtype = autocast_dtype
         # wan.distributed.CfgParallel: each half of the ranks runs one of the two passes, then they swap
         self.cfg_parallel = cfg_parallel
@@ -94,10 +96,11 @@ class GuidedModel:
         return expert_for(t.item(), self.boundary)
 
     def timestep(self, t: torch.Tensor) -> torch.Tensor:
-        """[1] (one t for all tokens) or, with a token mask, [1, seq_len] (spec 3.7)."""
-        if self.token_mask is None:
+        """[1] (one t for all tokens) or, with a token mask, [1, seq_len] (spec 3.7); on the CPU."""
+        t = t.cpu()
+        if self.token_mask_host is None:
             return torch.stack([t])
-        per_token = (self.token_mask * t).flatten()
+        per_token = (self.token_mask_host * t).flatten()
         padding = per_token.new_ones(self.seq_len - per_token.numel()) * t
         return torch.cat([per_token, padding]).unsqueeze(0)
 
