@@ -279,11 +279,16 @@ def test_ctrl_c_exits_130_and_writes_nothing(capsys, tiny_checkpoints, tmp_path,
 def test_failed_save_keeps_the_frames(capsys, tiny_checkpoints, tmp_path, monkeypatch):
     import wan.utils.video_io as video_io
     small = torch.linspace(-1, 1, 3 * 5 * 16 * 16).view(3, 5, 16, 16)
-    monkeypatch.setattr(VideoPipeline, 'decode', lambda self, latents: small)
+
+    def decode(self, latents, on_frames=None):  # streams its frames in two chunks
+        on_frames(small[:, :1])
+        on_frames(small[:, 1:])
+        return small
+    monkeypatch.setattr(VideoPipeline, 'decode', decode)
 
     def disk_full(*args, **kwargs):
         raise OSError('No space left on device')
-    monkeypatch.setattr(video_io, 'save_video', disk_full)
+    monkeypatch.setattr(video_io.VideoWriter, '_start', disk_full)
     code, _, err = run(['--task', 'ti2v-5B', '--ckpt_dir', tiny_checkpoints('ti2v-5B'),
                         '--save_file', tmp_path / 'x.mp4', *ONE_FRAME], capsys)
     fallback = tmp_path / 'x.frames.pt'
@@ -292,13 +297,15 @@ def test_failed_save_keeps_the_frames(capsys, tiny_checkpoints, tmp_path, monkey
 
 
 def test_failed_decode_keeps_the_latents(capsys, tiny_checkpoints, tmp_path, monkeypatch):
-    def out_of_memory(self, latents):
+    def out_of_memory(self, latents, on_frames=None):  # after streaming a first chunk
+        on_frames(torch.zeros(3, 1, 16, 16))
         raise RuntimeError('CUDA out of memory')
     monkeypatch.setattr(VideoPipeline, 'decode', out_of_memory)
     code, _, err = run(['--task', 'ti2v-5B', '--ckpt_dir', tiny_checkpoints('ti2v-5B'),
                         '--save_file', tmp_path / 'x.mp4', *ONE_FRAME], capsys)
     assert code == 1 and 'CUDA out of memory' in err
     assert torch.load(tmp_path / 'x.latents.pt').shape == (48, 1, 44, 80)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['x.latents.pt']  # no partial mp4
 
 
 # -- the installed commands -------------------------------------------------------------------

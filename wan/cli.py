@@ -376,21 +376,25 @@ def output_metadata(args: argparse.Namespace, prompt: str, size: tuple[int, int]
 
 
 def decode_and_save(pipe, latents, save_file: Path, fps: int, metadata: dict) -> Path:
-    """Decode and write the mp4; if either fails, the finished work goes to a fallback file."""
+    """Decode and write the mp4, encoding each decoded chunk while the next one decodes; if either
+    fails, the finished work goes to a fallback file."""
     import torch
 
-    from .utils.video_io import save_video, to_uint8_frames
+    from .utils.video_io import VideoWriter, to_uint8_frames
+    writer = VideoWriter(save_file, fps=fps, metadata=metadata)
+    log.info('Decoding and saving the video to %s', save_file)
     try:
-        video = pipe.decode(latents)
+        video = pipe.decode(latents, on_frames=lambda frames: writer.write(to_uint8_frames(frames)))
     except (Exception, KeyboardInterrupt) as exc:  # never lose the sampled latents
+        writer.abort()
         where = _save_fallback(latents, save_file, '.latents.pt')
         raise FinishedWorkSaved(f'decoding failed ({type(exc).__name__}: {exc}); the sampled latents '
                                 f'([C, T, h, w], torch.load) are in {where}') from exc
-    log.info('Saving the video to %s', save_file)
     try:
-        with pipe.timer.stage('save'):
-            return Path(save_video(video, save_file, fps=fps, metadata=metadata))
+        with pipe.timer.stage('save'):  # what encoding still needs once decoding is done
+            return writer.close()
     except (Exception, KeyboardInterrupt) as exc:  # never lose the decoded frames
+        writer.abort()
         where = _save_fallback(torch.from_numpy(to_uint8_frames(video)), save_file, '.frames.pt')
         raise FinishedWorkSaved(f'saving {save_file} failed ({type(exc).__name__}: {exc}); the frames '
                                 f'(uint8 [T, H, W, 3], torch.load) are in {where}') from exc

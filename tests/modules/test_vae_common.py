@@ -126,3 +126,15 @@ def test_interleave_time(channels_last):
     assert torch.equal(out[:, :, 0::2], x[:, :4]) and torch.equal(out[:, :, 1::2], x[:, 4:])
     assert out.is_contiguous(memory_format=torch.channels_last_3d if channels_last
                              else torch.contiguous_format)
+
+
+def test_decode_hands_over_each_chunk_as_it_is_written(case):
+    """on_frames sees 1 + 4 + 4 ... frames in order; together they are the returned video."""
+    _, cls, tensors, z, ref32, _ = case
+    chunks = []
+    (video,) = cls.from_tensors(tensors).decode([z], on_frames=lambda frames: chunks.append(frames.clone()))
+    assert [c.shape[1] for c in chunks] == [1] + [4] * (z.shape[1] - 1)
+    assert torch.equal(torch.cat(chunks, 1), video) and torch.equal(video, ref32)
+    tiled = []
+    cls.from_tensors(tensors).decode([z], tile=2, on_frames=tiled.append)
+    assert len(tiled) == 1 and tiled[0].shape == video.shape  # tiles span all frames: one hand-over

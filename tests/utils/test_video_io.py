@@ -136,3 +136,32 @@ def test_metadata_too_long_for_the_mp4_goes_to_the_sidecar_only(tmp_path):
     path = video_io.save_video(smooth_video(num_frames=2), tmp_path / 'long.mp4', fps=16, metadata=meta)
     assert video_io.read_metadata(path) == {}
     assert json.loads((tmp_path / 'long.json').read_text()) == meta
+
+
+def test_writer_streams_chunks_into_the_same_video(tmp_path):
+    video = smooth_video(num_frames=9)
+    whole = video_io.save_video(video, tmp_path / 'whole.mp4', fps=16, metadata={'a': 1})
+    with video_io.VideoWriter(tmp_path / 'chunks.mp4', fps=16, metadata={'a': 1}) as writer:
+        for start, end in [(0, 1), (1, 5), (5, 9)]:  # as the VAE decode hands them over
+            writer.write(video_io.to_uint8_frames(video[:, start:end]))
+    assert (tmp_path / 'chunks.mp4').read_bytes() == whole.read_bytes()
+    assert json.loads((tmp_path / 'chunks.json').read_text()) == {'a': 1}
+
+
+def test_writer_leaves_nothing_on_failure(tmp_path):
+    frames = video_io.to_uint8_frames(smooth_video(num_frames=3))
+    with pytest.raises(RuntimeError, match='decode failed'):
+        with video_io.VideoWriter(tmp_path / 'out.mp4', fps=16, metadata={'a': 1}) as writer:
+            writer.write(frames)
+            raise RuntimeError('decode failed')
+    assert list(tmp_path.iterdir()) == []
+    # a failure to start (an unwritable folder) surfaces at close, never in write
+    blocker = tmp_path / 'file'
+    blocker.write_text('')
+    writer = video_io.VideoWriter(blocker / 'out.mp4', fps=16)
+    writer.write(frames)
+    with pytest.raises(UserError, match='cannot write to folder'):
+        writer.close()
+    with pytest.raises(ValueError, match='zero frames'):
+        video_io.VideoWriter(tmp_path / 'none.mp4', fps=16).close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['file']

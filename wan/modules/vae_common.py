@@ -11,6 +11,7 @@ Tensor layout everywhere: x [B, C, T, H, W] (in memory either contiguous or, wit
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -501,11 +502,13 @@ class CausalVAEModel(nn.Module):
         return torch.empty(b, 3, 1 + st * (n - 1), h * s, w * s, device=z.device,
                            dtype=torch.float32)
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
+    def decode(self, z: torch.Tensor, on_frames: Callable[[torch.Tensor], None] | None = None
+               ) -> torch.Tensor:
         """[B, z, n, h, w] -> fp32 [B, 3, 1+4(n-1), h*s, w*s] in [-1, 1], a latent frame at a time.
 
         Each chunk is written into the preallocated output, so only one chunk's activations and
-        the caches are alive besides the video itself.
+        the caches are alive besides the video itself; `on_frames` sees each finished chunk (a
+        view [B, 3, k, H, W] of the output) as soon as it is written.
         """
         out = self._output(z)
         cache, t0 = CausalCache(), 0
@@ -514,6 +517,8 @@ class CausalVAEModel(nn.Module):
             k = x.shape[2]
             self._put(out[:, :, t0:t0 + k], x)
             del x
+            if on_frames is not None:
+                on_frames(out[:, :, t0:t0 + k])
             t0 += k
             cache.first_chunk = False
         return out
@@ -618,11 +623,14 @@ class WanVAE:
         return out
 
     @torch.no_grad()
-    def decode(self, zs: list[torch.Tensor], tile: int | None = None) -> list[torch.Tensor]:
+    def decode(self, zs: list[torch.Tensor], tile: int | None = None,
+               on_frames: Callable[[torch.Tensor], None] | None = None) -> list[torch.Tensor]:
         """Normalised latents [z, n, h, w] -> fp32 videos [3, 1+4(n-1), h*s, w*s] in [-1, 1].
 
         `tile` (latent pixels, off by default) decodes in spatial tiles to bound memory; see
         `CausalVAEModel.decode_tiled`: it matches the untiled decode up to float rounding.
+        `on_frames` receives each video's frames [3, k, H, W] as they are decoded (untiled: a
+        latent frame's worth at a time), e.g. to encode them while decoding goes on.
         """
         if tile is not None and tile < 1:
             raise UserError(f'the VAE decode tile must be a positive number of latent pixels, '
@@ -637,7 +645,13 @@ class WanVAE:
             benchmark = torch.backends.cudnn.benchmark  # a process-wide flag: set for this decode
             torch.backends.cudnn.benchmark = self.options.cudnn_benchmark or benchmark
             try:
-                video = self.model.decode(z) if tile is None else self.model.decode_tiled(z, tile)
+                chunks = None if on_frames is None else (lambda chunk: on_frames(chunk[0]))
+                if tile is None:
+                    video = self.model.decode(z, chunks)
+                else:
+                    video = self.model.decode_tiled(z, tile)
+                    if chunks is not None:  # tiles span every frame: the video comes at once
+                        chunks(video)
             finally:
                 torch.backends.cudnn.benchmark = benchmark
             out.append(video[0])

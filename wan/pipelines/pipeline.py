@@ -163,10 +163,12 @@ class VideoPipeline:
         return latents, inputs
 
     @torch.no_grad()
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Latent [C, T, h, w] -> video [3, 1 + 4(T-1), H, W] in [-1, 1]."""
+    def decode(self, latents: torch.Tensor, on_frames: Callable[[torch.Tensor], None] | None = None
+               ) -> torch.Tensor:
+        """Latent [C, T, h, w] -> video [3, 1 + 4(T-1), H, W] in [-1, 1]; `on_frames` sees the
+        frames [3, k, H, W] as they are decoded."""
         with self.timer.stage('decode'):
-            return self.vae.decode([latents])[0]
+            return self.vae.decode([latents], on_frames=on_frames)[0]
 
     def generate(self, request: Request, callback: Callable[[StepInfo], None] | None = None) -> torch.Tensor:
         latents, _ = self.sample(request, callback)

@@ -9,9 +9,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import queue
 import re
 import subprocess
 import tempfile
+import threading
 import uuid
 from collections.abc import Iterable, Iterator
 from fractions import Fraction
@@ -106,44 +108,135 @@ def save_video(video: torch.Tensor, path: str | Path, fps: int,
 def save_frames(frames: np.ndarray, path: str | Path, fps: int,
                 metadata: dict | None = None) -> Path:
     """As save_video, for frames already in uint8 [T, H, W, 3]."""
-    path = Path(path)
-    if fps <= 0:
-        raise ValueError(f'fps must be positive, got {fps}')
+    _check_frames(frames)
+    if frames.shape[0] == 0:
+        raise ValueError('cannot save a video with zero frames')
+    with VideoWriter(path, fps, metadata) as writer:
+        writer.write(frames)
+    return writer.path
+
+
+def _check_frames(frames: np.ndarray) -> None:
     if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(f'expected uint8 frames [T, H, W, 3], got {frames.dtype} {frames.shape}')
-    num_frames, height, width, _ = frames.shape
-    if num_frames == 0:
-        raise ValueError('cannot save a video with zero frames')
-    comment = None if metadata is None else json.dumps(metadata, ensure_ascii=False)
-    if comment is not None and len(comment.encode()) > MAX_COMMENT_BYTES:
-        log.warning('metadata of %s is too long for the mp4 comment; it is only in %s',
-                    path, sidecar_path(path).name)
-        comment = None
 
-    temp = _reserve_temp(path)
-    try:
-        with tempfile.TemporaryFile() as ffmpeg_log:
-            proc = subprocess.Popen(_encode_command(temp, width, height, fps, comment),
-                                    stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=ffmpeg_log)
+
+class VideoWriter:
+    """An mp4 written as its frames arrive, encoded as `save_video` encodes.
+
+        with VideoWriter(path, fps, metadata) as writer:   # the file appears on a clean exit
+            for frames in chunks:                            # uint8 [T, H, W, 3], same H and W
+                writer.write(frames)
+
+    A background thread pipes the frames to ffmpeg, so whoever produces them (the VAE decode)
+    and the encoder run at the same time. `write` never raises for a failed encode: the first
+    failure (no temp file, ffmpeg gone) is kept and raised by `close`, so a producer always
+    finishes. Nothing is left at `path` or its sidecar unless `close` succeeds; `abort` (or an
+    exception leaving the `with`) removes everything.
+    """
+
+    def __init__(self, path: str | Path, fps: int, metadata: dict | None = None):
+        if fps <= 0:
+            raise ValueError(f'fps must be positive, got {fps}')
+        self.path, self.fps, self.metadata = Path(path), fps, metadata
+        self.comment = None if metadata is None else json.dumps(metadata, ensure_ascii=False)
+        if self.comment is not None and len(self.comment.encode()) > MAX_COMMENT_BYTES:
+            log.warning('metadata of %s is too long for the mp4 comment; it is only in %s',
+                        self.path, sidecar_path(self.path).name)
+            self.comment = None
+        self._size: tuple[int, int] | None = None  # (height, width) of the first frames
+        self._temp: Path | None = None
+        self._proc: subprocess.Popen | None = None
+        self._log = None
+        self._queue: queue.Queue = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def __enter__(self) -> VideoWriter:
+        return self
+
+    def __exit__(self, kind, exc, traceback) -> None:
+        if kind is None:
+            self.close()
+        else:
+            self.abort()
+
+    def write(self, frames: np.ndarray) -> None:
+        """Queue uint8 frames [T, H, W, 3] for encoding."""
+        _check_frames(frames)
+        if self._size is None:
+            self._size = frames.shape[1:3]
             try:
-                for frame in frames:
-                    proc.stdin.write(np.ascontiguousarray(frame).tobytes())
-            except BrokenPipeError:
-                pass  # ffmpeg stopped early; its exit code and log say why
-            finally:
-                proc.stdin.close()
-                returncode = proc.wait()
-            if returncode != 0:
-                ffmpeg_log.seek(0)
-                message = ffmpeg_log.read().decode(errors='replace').strip().splitlines()
-                raise RuntimeError(f'ffmpeg failed to encode {path} (exit {returncode}): '
+                self._start(*self._size)
+            except BaseException as exc:  # e.g. an unwritable folder: raised by close()
+                self._error = exc
+        elif frames.shape[1:3] != self._size:
+            raise ValueError(f'frames of {frames.shape[1:3]} after frames of {self._size}')
+        if self._thread is not None:
+            self._queue.put(np.ascontiguousarray(frames))
+
+    def _start(self, height: int, width: int) -> None:
+        self._temp = _reserve_temp(self.path)
+        self._log = tempfile.TemporaryFile()
+        self._proc = subprocess.Popen(_encode_command(self._temp, width, height, self.fps, self.comment),
+                                      stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self._log)
+        self._thread = threading.Thread(target=self._pump, name='video-writer', daemon=True)
+        self._thread.start()
+
+    def _pump(self) -> None:
+        while (frames := self._queue.get()) is not None:
+            if self._error is None:
+                try:
+                    self._proc.stdin.write(frames.data)
+                except OSError as exc:  # BrokenPipeError: ffmpeg stopped; its exit code says why
+                    self._error = exc
+
+    def _finish_encoder(self) -> int | None:
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+        if self._proc is None:
+            return None
+        try:
+            self._proc.stdin.close()
+        except OSError:
+            pass
+        return self._proc.wait()
+
+    def close(self) -> Path:
+        """Finish encoding and put the file (and its sidecar) in place; raises what went wrong."""
+        try:
+            if self._size is None:
+                raise ValueError('cannot save a video with zero frames')
+            returncode = self._finish_encoder()
+            if returncode:
+                self._log.seek(0)
+                message = self._log.read().decode(errors='replace').strip().splitlines()
+                raise RuntimeError(f'ffmpeg failed to encode {self.path} (exit {returncode}): '
                                    f'{message[-1] if message else "no message"}')
-        os.replace(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)
-    if metadata is not None:
-        _write_json_atomic(sidecar_path(path), metadata)
-    return path
+            if self._error is not None:
+                raise self._error
+            os.replace(self._temp, self.path)
+        finally:
+            self._cleanup()
+        if self.metadata is not None:
+            _write_json_atomic(sidecar_path(self.path), self.metadata)
+        return self.path
+
+    def abort(self) -> None:
+        """Stop encoding and remove the partial file."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+        self._finish_encoder()
+        self._cleanup()
+
+    def _cleanup(self) -> None:
+        if self._temp is not None:
+            self._temp.unlink(missing_ok=True)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
 
 
 def sidecar_path(path: str | Path) -> Path:
