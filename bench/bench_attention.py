@@ -8,9 +8,6 @@ Writes one JSON file to $OUT (default bench/results).
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import os
 import statistics
 import sys
 from pathlib import Path
@@ -20,7 +17,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from bench.common import git_commit  # noqa: E402
+from bench.common import write_result  # noqa: E402
 from wan.modules.attention import attention  # noqa: E402
 
 # name -> (query tokens, key tokens, heads); head dim 128 everywhere
@@ -68,14 +65,8 @@ def main() -> None:
                          'tflops': flops / seconds / 1e12})
             print(f'{name:<16} {backend:<12} {seconds * 1e3:9.2f} ms {flops / seconds / 1e12:7.1f} TFLOP/s')
         del q, k, v
-    out_dir = Path(os.environ.get('OUT') or ROOT / 'bench' / 'results')
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.datetime.now().strftime('%Y%m%d-%H%M%S')
-    path = out_dir / f'bench_attention-{stamp}.json'
-    path.write_text(json.dumps({'benchmark': 'bench_attention', 'git_commit': git_commit(),
-                                'device': torch.cuda.get_device_name(), 'torch': torch.__version__,
-                                'command': ' '.join([sys.executable, *sys.argv]), 'rows': rows}, indent=2))
-    print(f'wrote {path}')
+    write_result('bench_attention', {'benchmark': 'bench_attention', 'device': torch.cuda.get_device_name(),
+                                     'torch': torch.__version__, 'rows': rows})
 
 
 if __name__ == '__main__':

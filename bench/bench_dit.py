@@ -18,10 +18,8 @@ from __future__ import annotations
 import argparse
 import datetime
 import gc
-import json
 import logging
 import os
-import shlex
 import statistics
 import sys
 import time
@@ -32,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from bench.common import git_commit  # noqa: E402
+from bench.common import write_result  # noqa: E402
 
 from tests.tiny.dit import diffusers_config, random_init, to_diffusers_state_dict  # noqa: E402
 from wan.modules.attention import ENV_VAR, resolve_backend  # noqa: E402
@@ -213,17 +211,11 @@ def main() -> None:
     print_table(results)
     record = {
         'benchmark': 'bench_dit', 'date': datetime.datetime.now().isoformat(timespec='seconds'),
-        'command': shlex.join([sys.executable, *sys.argv]), 'git_commit': git_commit(),
         'device': torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu',
         'torch': torch.__version__,
         'smoke': args.smoke, 'repeats': args.repeats, 'results': results,
     }
-    out_dir = Path(os.environ.get('OUT') or ROOT / 'bench' / 'results')
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.datetime.now().strftime('%Y%m%d-%H%M%S')
-    path = out_dir / f'bench_dit{"-smoke" if args.smoke else ""}-{stamp}.json'
-    path.write_text(json.dumps(record, indent=2))
-    print(f'wrote {path}')
+    write_result(f'bench_dit{"-smoke" if args.smoke else ""}', record)
 
 
 if __name__ == '__main__':

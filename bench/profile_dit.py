@@ -8,9 +8,6 @@ table as JSON to $OUT (default bench/results).
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -22,7 +19,7 @@ import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
 from bench.bench_dit import COMMON, WORKLOADS, init_random_  # noqa: E402
-from bench.common import git_commit  # noqa: E402
+from bench.common import write_result  # noqa: E402
 from wan.modules.model import WanModel  # noqa: E402
 from wan.pipelines.components import compile_dit  # noqa: E402
 
@@ -96,16 +93,10 @@ def main() -> None:
         print(f'  {label:<10} {us / 1e6:7.3f} s  {100 * us / total:5.1f} %')
     for r in rows[:args.rows]:
         print(f'  {r["ms"]:9.1f} ms {r["calls"]:6d}  {r["kernel"]}')
-    out_dir = Path(os.environ.get('OUT') or ROOT / 'bench' / 'results')
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.datetime.now().strftime('%Y%m%d-%H%M%S')
-    path = out_dir / f'profile_dit-{args.which}{"-compile" if args.compile else ""}-{stamp}.json'
-    path.write_text(json.dumps({'benchmark': 'profile_dit', 'git_commit': git_commit(),
-                                'device': torch.cuda.get_device_name(), 'torch': torch.__version__,
-                                'command': ' '.join([sys.executable, *sys.argv]), 'wall_s': wall,
-                                'host_waits': syncs, 'split_s':
-                                {k: v / 1e6 for k, v in split.items()}, 'kernels': rows[:60]}, indent=2))
-    print(f'wrote {path}')
+    write_result(f'profile_dit-{args.which}{"-compile" if args.compile else ""}', {
+        'benchmark': 'profile_dit', 'device': torch.cuda.get_device_name(), 'torch': torch.__version__,
+        'wall_s': wall, 'host_waits': syncs, 'split_s': {k: v / 1e6 for k, v in split.items()},
+        'kernels': rows[:60]})
 
 
 if __name__ == '__main__':
