@@ -165,3 +165,16 @@ def test_writer_leaves_nothing_on_failure(tmp_path):
     with pytest.raises(ValueError, match='zero frames'):
         video_io.VideoWriter(tmp_path / 'none.mp4', fps=16).close()
     assert sorted(p.name for p in tmp_path.iterdir()) == ['file']
+
+
+def test_writer_survives_ffmpeg_dying_mid_stream(tmp_path, monkeypatch):
+    """Writes after ffmpeg has gone do not raise (the producer finishes); close says why."""
+    monkeypatch.setattr(video_io, '_encode_command',
+                        lambda out, *args: [video_io.ffmpeg_exe(), '-v', 'error', '-no_such_option'])
+    writer = video_io.VideoWriter(tmp_path / 'out.mp4', fps=16)
+    frames = video_io.to_uint8_frames(smooth_video(num_frames=5, height=256, width=256))
+    for _ in range(20):  # far more than a pipe buffer: some writes meet a closed pipe
+        writer.write(frames)
+    with pytest.raises(RuntimeError, match='ffmpeg failed to encode'):
+        writer.close()
+    assert list(tmp_path.iterdir()) == []
