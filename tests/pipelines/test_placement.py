@@ -166,13 +166,25 @@ def test_prepare_builds_host_copies_in_the_background_in_order(recorded_host_cop
     assert log.index((LOW, 'host copy', CPU)) < log.index((LOW, 'copy in', []))
 
 
+def test_a_failed_background_copy_is_raised_where_the_expert_is_needed(recorded_host_copies):
+    experts = fake_experts()
+
+    def no_memory(self, module):
+        raise MemoryError(f'no host memory for {module.name}')
+    placement = Placement(GPU, offload_model=True, host_copies=True)
+    with mock.patch.object(Placement, '_host_copy', no_memory):
+        placement.prepare([experts[HIGH], experts[LOW]])
+        with pytest.raises(MemoryError, match='no host memory for high'):
+            placement.activate(experts, HIGH)
+
+
 def test_prepare_does_nothing_where_no_host_copy_is_kept(recorded_host_copies):
     for placement, names in [(Placement(GPU, host_copies=True), [DENSE]),     # one model that stays
                              (Placement(GPU, host_copies=False), [HIGH, LOW]),
                              (Placement(GPU, init_on_cpu=False, host_copies=True), [HIGH, LOW])]:
         experts = fake_experts(names)
         placement.prepare(list(experts.values()))
-        assert placement._builder is None and not placement._pending
+        assert not placement._pending
 
 
 def test_an_expert_born_on_the_gpu_leaves_through_its_new_host_copy(recorded_host_copies):

@@ -19,9 +19,10 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import threading
 import time
 import weakref
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -138,7 +139,6 @@ class Placement:
                                              repr=False, compare=False)
     _pending: weakref.WeakKeyDictionary = field(default_factory=weakref.WeakKeyDictionary, init=False,
                                                 repr=False, compare=False)  # module -> Future[HostCopy]
-    _builder: ThreadPoolExecutor | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self):
         self.device = torch.device(self.device)
@@ -194,12 +194,22 @@ class Placement:
         and the first expert's steps hide the building; `move` waits for a copy not yet done."""
         if not (self.keeps_host_copies and (len(experts) > 1 or self.offload_model)):
             return
-        for module in experts:
-            if module in self._host or module in self._pending or module_device(module) != CPU:
-                continue
-            if self._builder is None:
-                self._builder = ThreadPoolExecutor(1, thread_name_prefix='host-copy')
-            self._pending[module] = self._builder.submit(self._host_copy, module)
+        jobs = [(m, Future()) for m in experts
+                if m not in self._host and m not in self._pending and module_device(m) == CPU]
+        if not jobs:
+            return
+        for module, future in jobs:
+            self._pending[module] = future
+
+        def build() -> None:
+            for module, future in jobs:
+                future.set_running_or_notify_cancel()
+                try:
+                    future.set_result(self._host_copy(module))
+                except BaseException as exc:  # raised where the copy is needed (`move`)
+                    future.set_exception(exc)
+        # a daemon thread: an interrupted run exits at once instead of finishing the copies
+        threading.Thread(target=build, name='host-copy', daemon=True).start()
 
     @contextlib.contextmanager
     def text_encoder(self, module: nn.Module) -> Iterator[torch.device]:
