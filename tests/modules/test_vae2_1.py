@@ -5,16 +5,20 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.tiny.vae import diffusers_config, to_diffusers, vae21_tensors, write_vae21, write_vae22
+from tests.modules import vae_checks as checks
+from tests.modules.vae_checks import corrupt, video
+from tests.tiny.vae import (
+    diffusers_config,
+    to_diffusers,
+    vae21_tensors,
+    write_vae21,
+    write_vae22,
+)
 from wan.errors import CheckpointError, UserError
 from wan.modules.vae2_1 import Wan2_1_VAE, build_vae21, infer_vae21_config
 from wan.modules.vae_common import DECODER_HALO, Upsample2x
 
 DIM = 8
-
-
-def rel_err(out: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
-    return ((out - ref).norm() / ref.norm()).item(), (out - ref).abs().max().item()
 
 
 @pytest.fixture(scope='module')
@@ -33,11 +37,6 @@ def reference(ckpt):
     model = AutoencoderKLWan(**diffusers_config('2.1', DIM)).eval()
     model.load_state_dict(to_diffusers(torch.load(ckpt), '2.1'), strict=True)
     return model
-
-
-def video(frames: int, height: int, width: int, seed: int = 0) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(seed)
-    return torch.rand(3, frames, height, width, generator=gen) * 2 - 1
 
 
 def test_full_size_layout_matches_appendix_a1():
@@ -66,52 +65,25 @@ def test_widths_come_from_the_checkpoint(tmp_path):
 
 
 def test_encode_matches_diffusers(vae, reference):
-    x = video(9, 32, 48)
-    z = vae.encode([x])[0]
-    with torch.no_grad():
-        mu = reference.encode(x[None]).latent_dist.mode()[0]
-    ref = (mu - vae._mean) * vae._inv_std  # diffusers leaves normalisation to its pipeline
-    rel, max_abs = rel_err(z, ref)
-    print(f'wan2.1 encode vs diffusers: rel {rel:.2e}, max abs {max_abs:.2e}')
-    assert z.shape == (16, 3, 4, 6) and z.dtype == torch.float32
-    assert rel < 1e-5 and max_abs < 1e-5
+    checks.assert_encode_matches_diffusers(vae, reference, video(9, 32, 48), (16, 3, 4, 6), 'wan2.1')
 
 
 def test_decode_matches_diffusers(vae, reference):
     z = torch.randn(16, 3, 4, 6, generator=torch.Generator().manual_seed(1))
-    out = vae.decode([z])[0]
-    with torch.no_grad():
-        ref = reference.decode((z / vae._inv_std + vae._mean)[None]).sample[0]
-    rel, max_abs = rel_err(out, ref)
-    print(f'wan2.1 decode vs diffusers: rel {rel:.2e}, max abs {max_abs:.2e}')
-    assert out.shape == (3, 9, 32, 48) and out.dtype == torch.float32
-    assert 0.5 < out.abs().lt(1).float().mean()  # most values not clamped: a meaningful compare
-    assert rel < 1e-5 and max_abs < 1e-5
+    checks.assert_decode_matches_diffusers(vae, reference, z, (3, 9, 32, 48), 'wan2.1')
 
 
 def test_encode_is_causal(vae):
-    # the first 4k+1 frames give exactly the first k+1 latents of the full encode
-    x = video(9, 16, 24, seed=2)
-    full = vae.encode([x])[0]
-    for k in (0, 1):
-        part = vae.encode([x[:, :4 * k + 1]])[0]
-        assert torch.equal(part, full[:, :k + 1])
+    checks.assert_encode_is_causal(vae, video(9, 16, 24, seed=2))
 
 
 def test_decode_is_causal(vae):
-    z = torch.randn(16, 3, 2, 3, generator=torch.Generator().manual_seed(3))
-    full = vae.decode([z])[0]
-    part = vae.decode([z[:, :2]])[0]
-    assert torch.equal(part, full[:, :5])
+    checks.assert_decode_is_causal(vae, torch.randn(16, 3, 2, 3, generator=torch.Generator().manual_seed(3)))
 
 
 @pytest.mark.parametrize('frames,height,width', [(1, 16, 16), (5, 16, 32), (9, 24, 40)])
 def test_round_trip_shapes(vae, frames, height, width):
-    z = vae.encode([video(frames, height, width)])[0]
-    assert z.shape == (16, (frames - 1) // 4 + 1, height // 8, width // 8)
-    out = vae.decode([z])[0]
-    assert out.shape == (3, frames, height, width) and out.dtype == torch.float32
-    assert out.min() >= -1 and out.max() <= 1
+    checks.assert_round_trip_shapes(vae, frames, height, width)
 
 
 @pytest.mark.parametrize('frames', [2, 4, 8, 10])
@@ -131,15 +103,6 @@ def test_bad_inputs_are_user_errors(vae):
         vae.encode(video(5, 16, 16))
 
 
-def _corrupt(tensors, key, kind):
-    if kind == 'missing':
-        del tensors[key]
-    elif kind == 'unexpected':
-        tensors[key] = torch.zeros(1)
-    else:
-        tensors[key] = torch.zeros(3, 3)
-
-
 @pytest.mark.parametrize('kind,key,message', [
     ('missing', 'decoder.head.2.bias', 'missing tensor'),
     ('missing', 'encoder.conv1.weight', 'missing tensor'),  # needed to infer the widths
@@ -148,7 +111,7 @@ def _corrupt(tensors, key, kind):
 ])
 def test_load_errors_name_file_and_key(tmp_path, kind, key, message):
     tensors = vae21_tensors(DIM)
-    _corrupt(tensors, key, kind)
+    corrupt(tensors, key, kind)
     path = tmp_path / 'bad.pth'
     torch.save(tensors, path)
     with pytest.raises(CheckpointError, match=message) as err:
@@ -182,11 +145,7 @@ def test_tiled_decode_equals_untiled(vae):
 
 def test_bf16_decode_is_close_to_fp32(ckpt, vae):
     z = torch.randn(16, 2, 2, 3, generator=torch.Generator().manual_seed(5))
-    ref = vae.decode([z])[0]
-    out = Wan2_1_VAE(ckpt, dtype=torch.bfloat16).decode([z])[0]
-    rel, max_abs = rel_err(out, ref)
-    print(f'wan2.1 decode bf16 vs fp32: rel {rel:.2e}, max abs {max_abs:.2e}')
-    assert out.dtype == torch.float32 and rel < 0.05
+    checks.assert_bf16_decode_close_to_fp32(vae, Wan2_1_VAE(ckpt, dtype=torch.bfloat16), z, 'wan2.1')
 
 
 def test_upsample_in_bf16_equals_fp32_upsample():

@@ -7,21 +7,23 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tests.modules.vae_checks import rel_err
 from tests.tiny.vae import vae21_tensors, vae22_tensors
 from wan.modules import vae_common
 from wan.modules.vae2_1 import Wan2_1_VAE
 from wan.modules.vae2_2 import Wan2_2_VAE
-from wan.modules.vae_common import CausalConv3d, DecodeOptions, interleave_time, rms_norm
+from wan.modules.vae_common import (
+    CausalConv3d,
+    DecodeOptions,
+    interleave_time,
+    rms_norm,
+)
 
 VAES = {'2.1': (Wan2_1_VAE, lambda: vae21_tensors(8), (16, 3, 6, 4)),
         '2.2': (Wan2_2_VAE, lambda: vae22_tensors(8, 12), (48, 3, 3, 2))}
 LEVERS = {'channels_last': DecodeOptions(channels_last=True), 'lean': DecodeOptions(norm='lean'),
           'channels_last+lean': DecodeOptions(channels_last=True, norm='lean'),
           'cudnn_benchmark': DecodeOptions(cudnn_benchmark=True)}
-
-
-def rel_err(out: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
-    return ((out - ref).norm() / ref.norm()).item(), (out - ref).abs().max().item()
 
 
 @pytest.fixture(scope='module', params=list(VAES))
