@@ -24,8 +24,6 @@ import argparse
 import datetime
 import gc
 import itertools
-import json
-import os
 import shlex
 import sys
 import tempfile
@@ -37,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from bench.common import bench_device, git_commit  # noqa: E402
+from bench.common import bench_device, write_result  # noqa: E402
 
 from tests.tiny.dit import random_init  # noqa: E402
 from tests.tiny.t5 import tokenizer_pieces, write_tokenizer  # noqa: E402
@@ -291,7 +289,7 @@ def main() -> None:
     from wan.modules.attention import resolve_backend
     results = {
         'benchmark': 'bench_pipeline', 'date': datetime.datetime.now().isoformat(timespec='seconds'),
-        'command': shlex.join([sys.executable, *sys.argv]), 'git_commit': git_commit(),
+        # the command and the commit: added by write_result
         'device': torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu',
         'torch': torch.__version__, 'cuda': torch.version.cuda, 'python': sys.version.split()[0],
         'attention_backend': resolve_backend(device), 'smoke': args.smoke,
@@ -315,12 +313,7 @@ def main() -> None:
             print(f"{family} moves: {result['moves_summary']}", flush=True)
             results['runs'].append(result)
 
-    out_dir = args.out or Path(os.environ.get('OUT') or ROOT / 'bench' / 'results')
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.datetime.now().strftime('%Y%m%d_%H%M%S')
-    path = out_dir / f"bench_pipeline{'_smoke' if args.smoke else ''}_{stamp}.json"
-    path.write_text(json.dumps(results, indent=2))
-    print(f'wrote {path}')
+    write_result(f"bench_pipeline{'-smoke' if args.smoke else ''}", results, args.out)
 
 
 if __name__ == '__main__':

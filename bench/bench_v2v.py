@@ -25,7 +25,6 @@ import contextlib
 import datetime
 import gc
 import json
-import os
 import shlex
 import sys
 import tempfile
@@ -40,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from bench.bench_pipeline import RandomModels, placeholder_checkpoint  # noqa: E402
-from bench.common import bench_device, git_commit  # noqa: E402
+from bench.common import bench_device, write_result  # noqa: E402
 from tests.tiny.vlm import build_tiny_internvl, qwen_text_config, save_vlm_folder  # noqa: E402
 from wan import cli  # noqa: E402
 from wan.configs import SIZE_CONFIGS, SUPPORTED_SIZES  # noqa: E402
@@ -221,7 +220,7 @@ def main() -> None:
     from wan.modules.attention import resolve_backend
     results = {
         'benchmark': 'bench_v2v', 'date': datetime.datetime.now().isoformat(timespec='seconds'),
-        'command': shlex.join([sys.executable, *sys.argv]), 'git_commit': git_commit(),
+        # the command and the commit: added by write_result
         'device': torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu',
         'torch': torch.__version__, 'cuda': torch.version.cuda, 'transformers': transformers.__version__,
         'python': sys.version.split()[0], 'attention_backend': resolve_backend(device), 'smoke': args.smoke,
@@ -275,12 +274,7 @@ def main() -> None:
     print(table(v2v_run, control))
     print('checks:', json.dumps(results['checks']))
 
-    out_dir = args.out or Path(os.environ.get('OUT') or ROOT / 'bench' / 'results')
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.datetime.now().strftime('%Y%m%d_%H%M%S')
-    path = out_dir / f"bench_v2v{'_smoke' if args.smoke else ''}_{stamp}.json"
-    path.write_text(json.dumps(results, indent=2))
-    print(f'wrote {path}')
+    write_result(f"bench_v2v{'-smoke' if args.smoke else ''}", results, args.out)
 
 
 if __name__ == '__main__':

@@ -32,15 +32,15 @@ def bench_device(smoke: bool):
     return torch.device('cuda', 0)
 
 
-def write_result(stem: str, record: dict) -> Path:
-    """`record` with the commit and the exact command added, as JSON in $OUT (default
-    bench/results), named `<stem>-<date>-<time>.json`; prints and returns the path."""
+def write_result(stem: str, record: dict, out_dir: Path | None = None) -> Path:
+    """`record` with the commit and the exact command added, as JSON in `out_dir` (default $OUT,
+    else bench/results), named `<stem>-<date>-<time>.json`; prints and returns the path."""
     import datetime
     import json
     import shlex
     import sys
     record = {'git_commit': git_commit(), 'command': shlex.join([sys.executable, *sys.argv]), **record}
-    out_dir = Path(os.environ.get('OUT') or ROOT / 'bench' / 'results')
+    out_dir = out_dir or Path(os.environ.get('OUT') or ROOT / 'bench' / 'results')
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f'{stem}-{datetime.datetime.now():%Y%m%d-%H%M%S}.json'
     path.write_text(json.dumps(record, indent=2))
