@@ -279,6 +279,7 @@ class WanModel(nn.Module):
             for _ in range(num_layers)])
         self.head = Head(dim, out_dim, self.patch_size, eps)
         self._rope: dict[torch.device, Tensor] = {}  # RoPE table per device, not in the state dict
+        self._rope_rows: tuple[tuple, Tensor] | None = None  # the last rope() request and its result
 
     # -- sequence-parallel seams: identity on one device ------------------------------------
     def seq_split(self, tensor: Tensor, dim: int) -> Tensor:
@@ -358,8 +359,15 @@ class WanModel(nn.Module):
         sequence.
 
         Token (f, h, w) of a grid takes row f of the t-table, h of the h-table and w of the
-        w-table (positions from 0); padding rows are 1 (no rotation).
+        w-table (positions from 0); padding rows are 1 (no rotation). The last result is kept:
+        every step of a generation asks for the same one.
         """
+        key = (tuple(grids), seq_len, device)
+        if self._rope_rows is None or self._rope_rows[0] != key:
+            self._rope_rows = key, self._build_rope(grids, seq_len, device)
+        return self._rope_rows[1]
+
+    def _build_rope(self, grids: list[tuple[int, int, int]], seq_len: int, device: torch.device) -> Tensor:
         if device not in self._rope:
             self._rope[device] = rope_tables(self.dim // self.num_heads).to(device)
         table = self._rope[device]
