@@ -400,11 +400,25 @@ def decode_and_save(pipe, latents, save_file: Path, fps: int, metadata: dict) ->
                                 f'(uint8 [T, H, W, 3], torch.load) are in {where}') from exc
 
 
+def sample(pipe, args: argparse.Namespace, prompt: str, seed: int, image, rank: int):
+    """One request from validated `args` through `pipe`, a progress bar on rank 0; (latents, inputs)."""
+    from .pipelines.pipeline import Request
+    from .pipelines.progress import ProgressBar
+
+    request = Request(prompt=prompt, size=SIZE_CONFIGS[args.size], frame_num=args.frame_num,
+                      sample_steps=args.sample_steps, sample_shift=args.sample_shift,
+                      guide_scale=guide_pair(args.sample_guide_scale), seed=seed,
+                      image=image, sample_solver=args.sample_solver)
+    bar = ProgressBar(args.sample_steps, disable=rank != 0)
+    try:
+        return pipe.sample(request, callback=bar)
+    finally:
+        bar.close()
+
+
 def run_video(args: argparse.Namespace, parallel=None) -> GenerationReport:
     """t2v-A14B, i2v-A14B, ti2v-5B from validated args; rank 0 writes the mp4 and reports where."""
-    from .pipelines.pipeline import Request
     from .pipelines.placement import default_device
-    from .pipelines.progress import ProgressBar
     from .pipelines.timing import StageTimer
 
     rank, _, local_rank = world()
@@ -412,17 +426,9 @@ def run_video(args: argparse.Namespace, parallel=None) -> GenerationReport:
     prompt = extend_prompt_on_rank0(args)
     timer = StageTimer(parallel.device if parallel is not None else default_device(local_rank))
     pipe = build_pipeline(args, timer, parallel)
-    request = Request(prompt=prompt, size=SIZE_CONFIGS[args.size], frame_num=args.frame_num,
-                      sample_steps=args.sample_steps, sample_shift=args.sample_shift,
-                      guide_scale=guide_pair(args.sample_guide_scale), seed=args.base_seed,
-                      image=args.image_data, sample_solver=args.sample_solver)
     log.info('Generating %s %s, %d frames, %d steps, seed %d', args.task, args.size, args.frame_num,
              args.sample_steps, args.base_seed)
-    bar = ProgressBar(args.sample_steps, disable=rank != 0)
-    try:
-        latents, inputs = pipe.sample(request, callback=bar)
-    finally:
-        bar.close()
+    latents, inputs = sample(pipe, args, prompt, args.base_seed, args.image_data, rank)
 
     save_file = Path(args.save_file or default_save_file(args.task, args.size, args.ulysses_size, prompt))
     metadata = output_metadata(args, prompt, inputs.size)

@@ -29,6 +29,7 @@ class DenoiseInputs:
     y: torch.Tensor | None = None             # I2V conditioning [4 + z_dim, T, h, w]
     token_mask: torch.Tensor | None = None    # [T, h/2, w/2]: per-token timestep factor, 0 = frame given
     reimpose: Callable[[torch.Tensor], torch.Tensor] | None = None  # applied after every step
+    condition: torch.Tensor | None = None     # [3, H, W]: the conditioning image as prepared (I2V, TI2V)
 
 
 @dataclass
@@ -85,7 +86,6 @@ class GuidedModel:
         self.guide_scale = guide_scale
         self.boundary = boundary
         self.y = y
-        self.token_mask = token_mask
         # per-token timesteps are built on the host, so the model's forward never waits for the GPU
         self.token_mask_host = None if token_mask is None else token_mask.cpu()
         self.autocast_dtype = autocast_dtype

@@ -41,4 +41,4 @@ def prepare_i2v(image: Image.Image, max_area: int, frame_num: int, *, vae, vae_s
     image_latent = vae.encode([video])[0]
     y = torch.cat([mask, image_latent.to(mask.dtype)])
     return DenoiseInputs(latents=noise, seq_len=seq_len_for(shape, patch_size, sp_size), y=y,
-                         size=(width, height))
+                         size=(width, height), condition=first[:, 0])

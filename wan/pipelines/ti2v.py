@@ -34,4 +34,4 @@ def prepare_ti2v(image: Image.Image | None, size: tuple[int, int], frame_num: in
 
     return DenoiseInputs(latents=reimpose(noise), seq_len=seq_len_for(shape, patch_size, sp_size),
                          token_mask=mask[0][:, ::patch_size[1], ::patch_size[2]], reimpose=reimpose,
-                         size=(width, height))
+                         size=(width, height), condition=pixels[:, 0])

@@ -24,12 +24,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..configs import SIZE_CONFIGS, WAN_CONFIGS
+from ..configs import WAN_CONFIGS
 from ..errors import UserError
 from ..utils import video_io
-from ..utils.vlm import DEFAULT_QUESTION, caption_video, check_vlm_folder, frame_indices
-from .images import resize_bicubic, resize_center_crop, to_tensor
-from .pipeline import TASK_KIND, Request
+from ..utils.vlm import DEFAULT_QUESTION, caption_video, frame_indices
 
 log = logging.getLogger(__name__)
 
@@ -91,14 +89,6 @@ def seam_figures(condition: torch.Tensor, segment: torch.Tensor) -> dict:
     return figures
 
 
-def conditioning_frame(image: Image.Image, kind: str, size: tuple[int, int]) -> torch.Tensor:
-    """The image at the output size (width, height) as the task's preprocessing places it."""
-    width, height = size
-    if kind == 'ti2v':
-        return to_tensor(resize_center_crop(image, width, height))
-    return resize_bicubic(to_tensor(image), height, width).clamp(-1, 1)
-
-
 def input_colour_stats(video_path: Path, num_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
     frames = video_io.read_frames(video_path, sorted(set(frame_indices(num_frames, NUM_STAT_FRAMES))))
     unit = torch.from_numpy(frames).float().div(255).permute(3, 0, 1, 2)
@@ -117,25 +107,19 @@ def segment_paths(save_file: Path, num_segments: int) -> list[Path]:
 
 def run(args: argparse.Namespace) -> int:
     """Continue `args.video` `args.num_segments` times; returns the exit code (0)."""
-    from ..cli import FinishedWorkSaved, _save_fallback, build_pipeline, default_save_file, guide_pair, world
+    from ..cli import FinishedWorkSaved, _save_fallback, build_pipeline, default_save_file, guide_pair, sample, world
     from .placement import default_device
-    from .progress import ProgressBar
     from .timing import StageTimer
 
     rank, world_size, local_rank = world()
     if world_size > 1:
         raise UserError('multi-GPU v2v runs are not implemented yet; run one process')
-    num_segments = getattr(args, 'num_segments', None)
-    num_segments = 1 if num_segments is None else num_segments
-    if num_segments < 1:
-        raise UserError(f'--num_segments {num_segments} must be at least 1')
-    color_match = getattr(args, 'color_match', True)
-    question = getattr(args, 'vlm_prompt', None) or DEFAULT_QUESTION
-    task, kind, cfg = args.task, TASK_KIND[args.task], WAN_CONFIGS[args.task]
+    num_segments = args.num_segments  # checked, as the VLM folder, by the command line's validation
+    question = args.vlm_prompt or DEFAULT_QUESTION
+    task, cfg = args.task, WAN_CONFIGS[args.task]
     device = default_device(local_rank)
     vlm_device = args.vlm_device or device
     input_video = Path(args.video)
-    check_vlm_folder(args.vlm_path)  # before any work
 
     num_input_frames = video_io.count_frames(input_video)  # also reports an unreadable input
     ref_mean, ref_std = input_colour_stats(input_video, num_input_frames)
@@ -144,14 +128,14 @@ def run(args: argparse.Namespace) -> int:
 
     timer = StageTimer(device)
     pipe, save_file, paths = None, None, None
-    current, segments_u8, records = input_video, [], []
+    current, num_frames, segments_u8, records = input_video, num_input_frames, [], []
     for i in range(num_segments):
         seed = args.base_seed + i
         with timer.stage(f'caption_{i + 1}'):
             caption = caption_video(current, vlm_path=args.vlm_path, device=vlm_device,
-                                    question=question, seed=seed)
+                                    question=question, seed=seed, num_video_frames=num_frames)
         prompt = f'{args.prompt} {caption}' if args.prompt else caption
-        condition_image = video_io.last_frame(current)
+        condition_image = Image.fromarray(video_io.read_frames(current, [num_frames - 1])[0], 'RGB')
         if args.use_prompt_extend:
             from ..utils.prompt_extend import extend_prompt
             prompt = extend_prompt(prompt, method=args.prompt_extend_method, model=args.prompt_extend_model,
@@ -164,15 +148,7 @@ def run(args: argparse.Namespace) -> int:
         if pipe is None:
             pipe = build_pipeline(args, timer)  # after the first caption: the VLM is already freed
 
-        request = Request(prompt=prompt, size=SIZE_CONFIGS[args.size], frame_num=args.frame_num,
-                          sample_steps=args.sample_steps, sample_shift=args.sample_shift,
-                          guide_scale=guide_pair(args.sample_guide_scale), seed=seed,
-                          image=condition_image, sample_solver=args.sample_solver)
-        bar = ProgressBar(args.sample_steps, disable=rank != 0)
-        try:
-            latents, inputs = pipe.sample(request, callback=bar)
-        finally:
-            bar.close()
+        latents, inputs = sample(pipe, args, prompt, seed, condition_image, rank)
         try:
             video = pipe.decode(latents)
         except Exception as exc:
@@ -181,15 +157,14 @@ def run(args: argparse.Namespace) -> int:
                                     f'its latents are in {where}') from exc
         del latents
 
-        condition = conditioning_frame(condition_image, kind, inputs.size).to(video.device)
+        condition = inputs.condition.clamp(-1, 1).to(video.device)  # the frame as the model saw it
         record = {'segment': i + 1, 'seed': seed, 'caption': caption, 'prompt': prompt,
                   'conditioning': f'last frame of {current}',
                   'seam': seam_figures(condition, video),
                   'colour_drift': drift(video, ref_mean, ref_std)}
-        if color_match:
-            video = match_colour(video, ref_mean, ref_std)
-            record['seam_after_colour_match'] = seam_figures(condition, video)
-            record['colour_drift_after_colour_match'] = drift(video, ref_mean, ref_std)
+        video = match_colour(video, ref_mean, ref_std)
+        record['seam_after_colour_match'] = seam_figures(condition, video)
+        record['colour_drift_after_colour_match'] = drift(video, ref_mean, ref_std)
         log.info('Segment %d seam %s, colour drift %s', i + 1, record['seam'], record['colour_drift'])
 
         frames = video_io.to_uint8_frames(video)
@@ -199,18 +174,18 @@ def run(args: argparse.Namespace) -> int:
                     'sample_steps': args.sample_steps, 'sample_solver': args.sample_solver,
                     'sample_shift': args.sample_shift,
                     'sample_guide_scale': list(guide_pair(args.sample_guide_scale)),
-                    'vlm_path': str(args.vlm_path), 'vlm_question': question, 'color_match': color_match,
+                    'vlm_path': str(args.vlm_path), 'vlm_question': question, 'color_match': True,
                     'input_colour_mean': _round(ref_mean), 'input_colour_std': _round(ref_std), **record}
         with timer.stage(f'save_{i + 1}'):
             video_io.save_frames(frames, paths[i], fps=cfg.sample_fps, metadata=metadata)
         record['file'] = str(paths[i])
         records.append(record)
         segments_u8.append(frames if i == 0 else frames[1:])  # frame 0 repeats the previous last frame
-        current = paths[i]
+        current, num_frames = paths[i], len(frames)
 
     if num_segments > 1:
         metadata = {'task': task, 'input_video': str(input_video), 'num_segments': num_segments,
-                    'color_match': color_match, 'input_colour_mean': _round(ref_mean),
+                    'color_match': True, 'input_colour_mean': _round(ref_mean),
                     'input_colour_std': _round(ref_std), 'segments': records}
         with timer.stage('save_joined'):
             video_io.save_frames(np.concatenate(segments_u8), save_file, fps=cfg.sample_fps,

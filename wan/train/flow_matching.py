@@ -17,10 +17,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from ..utils.fm_solvers import shift_sigmas  # the solvers' timestep shift (spec 8.1); works on tensors too
 
-def shift_sigmas(sigmas: Tensor, shift: float) -> Tensor:
-    """The solvers' timestep shift, sigma' = shift * sigma / (1 + (shift - 1) * sigma) (spec 8.1)."""
-    return shift * sigmas / (1 + (shift - 1) * sigmas)
+__all__ = ['FlowMatching', 'init_dit_weights', 'shift_sigmas']
 
 
 def init_dit_weights(model: nn.Module) -> None:

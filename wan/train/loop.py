@@ -1,5 +1,6 @@
-"""Pieces every training loop here shares: a step/time budget, the learning-rate schedule, an EMA of
-the weights, and the loss log (CSV plus a PNG of the curves, drawn with PIL alone)."""
+"""Pieces every training loop here shares: a step/time budget, the learning-rate schedule, the
+optimizer step, an EMA of the weights, and the loss log (CSV plus a PNG of the curves, drawn with PIL
+alone)."""
 from __future__ import annotations
 
 import csv
@@ -43,6 +44,17 @@ def warmup_cosine(progress: float, step: int, warmup_steps: int, final_fraction:
     """Learning-rate factor: linear warm-up over `warmup_steps`, then cosine from 1 to `final_fraction`."""
     warm = min(1.0, (step + 1) / max(warmup_steps, 1))
     return warm * (final_fraction + (1 - final_fraction) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, lr: float, max_norm: float = 1.0) -> None:
+    """One update: set the learning rate, back-propagate `loss`, clip the gradient norm of the
+    optimizer's parameters to `max_norm`, step."""
+    for group in optimizer.param_groups:
+        group['lr'] = lr
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_([p for group in optimizer.param_groups for p in group['params']], max_norm)
+    optimizer.step()
 
 
 class EMA:

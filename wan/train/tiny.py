@@ -34,7 +34,7 @@ from ..data.synthetic import (DIRECTION_NAMES, caption, captions, measure, rende
 from ..errors import UserError
 from ..modules.vae2_2 import Wan2_2_VAE
 from .flow_matching import FlowMatching, init_dit_weights
-from .loop import EMA, Budget, LossLog, warmup_cosine
+from .loop import EMA, Budget, LossLog, optimizer_step, warmup_cosine
 from .text import write_text_encoder
 from .vae import build_small_vae22, fold_normalisation, latent_statistics, reconstruction_loss
 
@@ -109,11 +109,6 @@ def clips_with_coverage(recipe: Recipe, n: int, generator: torch.Generator, devi
     return render_with_coverage(specs, frames=recipe.vae_frames, height=recipe.height, width=recipe.width)
 
 
-def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    for group in optimizer.param_groups:
-        group['lr'] = lr
-
-
 # ---------------------------------------------------------------------------------------------
 # 2. VAE
 
@@ -129,11 +124,7 @@ def train_vae(recipe: Recipe, device: torch.device, log: LossLog):
         with autocast(device):
             loss, stats = reconstruction_loss(model, video, weight=1 + recipe.vae_shape_weight * coverage)
         lr = recipe.vae_lr * warmup_cosine(budget.progress(step), step, recipe.warmup_steps)
-        set_lr(optimizer, lr)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
+        optimizer_step(optimizer, loss, lr, max_norm=1.0)
         log.add('vae', step, budget.elapsed(), loss.item(), lr)
         if budget.elapsed() - last > 15 or step == 0:
             last = budget.elapsed()
@@ -256,11 +247,7 @@ def train_dit(recipe: Recipe, latents: torch.Tensor, texts: list[str], text_cach
         with autocast(device):
             loss = objective.loss(model, latents[index.to(latents.device)], context, generator)
         lr = recipe.dit_lr * warmup_cosine(budget.progress(step), step, recipe.warmup_steps)
-        set_lr(optimizer, lr)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
+        optimizer_step(optimizer, loss, lr, max_norm=1.0)
         ema.update(model, step)
         log.add('dit', step, budget.elapsed(), loss.item(), lr)
         if budget.elapsed() - last > 15 or step == 0:

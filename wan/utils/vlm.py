@@ -44,9 +44,13 @@ def frame_indices(num_video_frames: int, num_frames: int = 8) -> list[int]:
     return [int(segment / 2 + round(segment * k)) for k in range(num_frames)]
 
 
-def sample_frames(video_path: str | Path, num_frames: int = 8) -> list[Image.Image]:
-    """`num_frames` RGB frames spread over the whole video."""
-    indices = frame_indices(video_io.count_frames(video_path), num_frames)
+def sample_frames(video_path: str | Path, num_frames: int = 8, num_video_frames: int | None = None
+                  ) -> list[Image.Image]:
+    """`num_frames` RGB frames spread over the whole video (of `num_video_frames` frames, counted
+    here when not given: a decode of its own)."""
+    if num_video_frames is None:
+        num_video_frames = video_io.count_frames(video_path)
+    indices = frame_indices(num_video_frames, num_frames)
     return [Image.fromarray(frame) for frame in video_io.read_frames(video_path, indices)]
 
 
@@ -179,10 +183,11 @@ def loaded_vlm(vlm_path: str | Path, device: str | torch.device) -> Iterator[_Ca
 
 def caption_video(video_path: str | Path, *, vlm_path: str | Path, device: str | torch.device,
                   question: str = DEFAULT_QUESTION, num_frames: int = 8, seed: int = 0,
-                  max_new_tokens: int = 512) -> str:
-    """Describe the whole video with the VLM (loaded for this call only)."""
+                  max_new_tokens: int = 512, num_video_frames: int | None = None) -> str:
+    """Describe the whole video with the VLM (loaded for this call only); `num_video_frames`, when
+    the caller knows it, saves counting the frames."""
     check_vlm_folder(vlm_path)  # a missing VLM is reported before any decoding
-    frames = sample_frames(video_path, num_frames)
+    frames = sample_frames(video_path, num_frames, num_video_frames)
     with loaded_vlm(vlm_path, device) as vlm:
         caption = vlm.caption(frames, question, seed=seed, max_new_tokens=max_new_tokens)
     log.info('VLM caption: %s', caption)
