@@ -11,9 +11,10 @@ Tensor layout everywhere: x [B, C, T, H, W] (in memory either contiguous or, wit
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +23,7 @@ from torch import nn
 from ..errors import CheckpointError, UserError
 from ..utils.checkpoint import load_into, read_tensors
 
+T = TypeVar('T')
 CACHE_T = 2  # frames each causal conv keeps from the previous chunk (spec 6.1)
 
 # Receptive-field radius, in latent pixels, of the decoder after its middle block: per level 6 convs
@@ -67,17 +69,19 @@ class CausalCache:
         self.first_chunk = True
         self.tails: dict[nn.Module, torch.Tensor] = {}
 
-    def swap(self, layer: nn.Module, x: torch.Tensor, keep: int = CACHE_T) -> torch.Tensor | None:
-        """Return what `layer` kept last chunk and keep the last `keep` frames of (that, x).
-
-        When x is shorter than `keep`, the previous tail's last frames fill up (spec 6.1).
-        """
+    def swap(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
+        """Return the frame `layer` kept last chunk and keep x's last frame instead."""
         old = self.tails.get(layer)
-        recent = x[:, :, -keep:]
-        if old is not None and recent.shape[2] < keep:
-            recent = torch.cat([old, recent], 2)[:, :, -keep:]
-        self.tails[layer] = recent.clone()  # a view would keep the whole chunk alive
+        self.tails[layer] = x[:, :, -1:].clone()  # a view would keep the whole chunk alive
         return old
+
+
+def stream(chunks: Iterable[T]) -> Iterator[tuple[T, CausalCache]]:
+    """Each chunk of one streaming pass with the pass's cache, marked first for the first only."""
+    cache = CausalCache()
+    for chunk in chunks:
+        yield chunk, cache
+        cache.first_chunk = False
 
 
 def memory_format(x: torch.Tensor) -> torch.memory_format:
@@ -317,7 +321,7 @@ class Resample(nn.Module):
         x = per_frame(self.resample, x)
         if self.mode == 'downsample3d':
             # first chunk: no temporal downsampling; later: previous last frame + chunk, stride 2
-            tail = cache.swap(self, x, keep=1)
+            tail = cache.swap(self, x)
             if not cache.first_chunk:
                 x = self.time_conv(torch.cat([tail, x], 2))
         return x
@@ -460,13 +464,11 @@ class CausalVAEModel(nn.Module):
     def encode(self, video: torch.Tensor) -> torch.Tensor:
         """[B, 3, 1+4k, H, W] -> mu [B, z, 1+k, H/s, W/s]: frame 0 alone, then 4-frame chunks."""
         x = patchify(video, self.patch)
-        cache = CausalCache()
         starts = [0, *range(1, x.shape[2], self.stride[0])]
         mus = []
-        for start, end in zip(starts, starts[1:] + [x.shape[2]]):
+        for (start, end), cache in stream(zip(starts, starts[1:] + [x.shape[2]])):
             # conv1 is 1x1x1, so applying it per chunk equals applying it to the concatenation
             mus.append(self.conv1(self.encoder(x[:, :, start:end], cache))[:, :self.z_dim])
-            cache.first_chunk = False
         return torch.cat(mus, 2)
 
     def configure_decode(self, options: DecodeOptions) -> None:
@@ -511,8 +513,8 @@ class CausalVAEModel(nn.Module):
         view [B, 3, k, H, W] of the output) as soon as it is written.
         """
         out = self._output(z)
-        cache, t0 = CausalCache(), 0
-        for i in range(z.shape[2]):
+        t0 = 0
+        for i, cache in stream(range(z.shape[2])):
             x = self.decoder(self._decoder_input(z[:, :, i:i + 1]), cache)
             k = x.shape[2]
             self._put(out[:, :, t0:t0 + k], x)
@@ -520,7 +522,6 @@ class CausalVAEModel(nn.Module):
             if on_frames is not None:
                 on_frames(out[:, :, t0:t0 + k])
             t0 += k
-            cache.first_chunk = False
         return out
 
     def decode_tiled(self, z: torch.Tensor, tile: int, halo: int = DECODER_HALO) -> torch.Tensor:
@@ -532,12 +533,8 @@ class CausalVAEModel(nn.Module):
         its own cache, and only its centre is kept. The result equals the untiled decode up to
         float rounding, while the large activations scale with the tile instead of the frame.
         """
-        cache, stems = CausalCache(), []
-        for i in range(z.shape[2]):
-            stems.append(self.decoder.stem(self._decoder_input(z[:, :, i:i + 1]), cache))
-            cache.first_chunk = False
-        stem = torch.cat(stems, 2)
-        del stems, cache
+        stem = torch.cat([self.decoder.stem(self._decoder_input(z[:, :, i:i + 1]), cache)
+                          for i, cache in stream(range(z.shape[2]))], 2)
         out = self._output(z)
         s = self.stride[1]
         _, _, n, h, w = stem.shape
@@ -548,14 +545,13 @@ class CausalVAEModel(nn.Module):
                 window = stem[:, :, :, hr0:min(r1 + halo, h), hc0:min(c1 + halo, w)]
                 keep_r = slice((r0 - hr0) * s, (r1 - hr0) * s)
                 keep_c = slice((c0 - hc0) * s, (c1 - hc0) * s)
-                cache, t0 = CausalCache(), 0
-                for i in range(n):
+                t0 = 0
+                for i, cache in stream(range(n)):
                     x = self.decoder.upsample(window[:, :, i:i + 1], cache)
                     k = x.shape[2]
                     self._put(out[:, :, t0:t0 + k, r0 * s:r1 * s, c0 * s:c1 * s], x, keep_r, keep_c)
                     del x
                     t0 += k
-                    cache.first_chunk = False
         return out
 
 
