@@ -43,8 +43,6 @@ SIZE_CONFIGS = {
     '704*1024': (704, 1024),
 }
 
-MAX_AREA_CONFIGS = {size: w * h for size, (w, h) in SIZE_CONFIGS.items()}
-
 _A14B_SIZES = ('720*1280', '1280*720', '480*832', '832*480')
 _5B_SIZES = ('704*1280', '1280*704')
 
@@ -60,5 +58,5 @@ SUPPORTED_SIZES = {
 
 # ti2v-tiny, the bundled model, has its own size (added last: s2v-14B lists the reference's sizes only)
 SIZE_CONFIGS['128*128'] = (128, 128)
-MAX_AREA_CONFIGS['128*128'] = 128 * 128
+MAX_AREA_CONFIGS = {size: w * h for size, (w, h) in SIZE_CONFIGS.items()}
 SUPPORTED_SIZES['ti2v-tiny'] = ('128*128',)

@@ -16,6 +16,7 @@ from .vae_common import (CausalDecoder, CausalEncoder, CausalVAEModel, Resample,
 __all__ = ['Wan2_1_VAE', 'build_vae21']
 
 TEMPORAL_DOWNSAMPLE = (False, True, True)  # the `_video_vae` factory's value (spec 6.2)
+STRIDE = (4, 8, 8)  # time, height, width of one latent pixel
 
 
 def build_vae21(dim: int = 96, z_dim: int = 16, dim_mult: tuple[int, ...] = (1, 2, 4, 4),
@@ -47,7 +48,7 @@ def build_vae21(dim: int = 96, z_dim: int = 16, dim_mult: tuple[int, ...] = (1, 
             mode = 'upsample3d' if temporal_upsample[i] else 'upsample2d'
             blocks.append(Resample(out_dim, mode, out_dim=out_dim // 2))
     decoder = CausalDecoder(z_dim, dims[0], nn.Sequential(*blocks), dims[-1], 3)
-    return CausalVAEModel(encoder, decoder, z_dim, patch=1, stride=(4, 8, 8))
+    return CausalVAEModel(encoder, decoder, z_dim, patch=1, stride=STRIDE)
 
 
 def infer_vae21_config(tensors: dict[str, torch.Tensor], source: str | Path) -> dict:
@@ -76,7 +77,7 @@ class Wan2_1_VAE(WanVAE):
             0.4134, -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921)
     std = (2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743,
            3.2687, 2.1526, 2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.9160)
-    stride = (4, 8, 8)
+    stride = STRIDE
 
     @classmethod
     def build_from(cls, tensors: dict[str, torch.Tensor], source: str | Path) -> CausalVAEModel:

@@ -19,6 +19,7 @@ __all__ = ['Wan2_2_VAE', 'build_vae22']
 
 TEMPORAL_DOWNSAMPLE = (False, True, True)  # `Wan2_2_VAE(temperal_downsample=...)` (spec 6.3)
 PATCH = 2
+STRIDE = (4, 16, 16)  # time, height, width of one latent pixel (PATCH included)
 
 
 class DownBlock(nn.Module):
@@ -72,7 +73,7 @@ def build_vae22(dim: int = 160, dec_dim: int = 256, z_dim: int = 48,
     decoder = CausalDecoder(z_dim, dims[0], nn.Sequential(*(
         UpBlock(dims[i], dims[i + 1], num_res_blocks + 1, temporal=i < 3 and temporal_upsample[i],
                 up=i < 3) for i in range(4))), dims[-1], 3 * PATCH * PATCH)
-    return CausalVAEModel(encoder, decoder, z_dim, patch=PATCH, stride=(4, 16, 16))
+    return CausalVAEModel(encoder, decoder, z_dim, patch=PATCH, stride=STRIDE)
 
 
 def infer_vae22_config(tensors: dict[str, torch.Tensor], source: str | Path) -> dict:
@@ -108,7 +109,7 @@ class Wan2_2_VAE(WanVAE):
            0.7069, 0.5338, 0.4889, 0.4917, 0.4069, 0.4999, 0.6866, 0.4093,
            0.5709, 0.6065, 0.6415, 0.4944, 0.5726, 1.2042, 0.5458, 1.6887,
            0.3971, 1.0600, 0.3943, 0.5537, 0.5444, 0.4089, 0.7468, 0.7744)
-    stride = (4, 16, 16)
+    stride = STRIDE
 
     @classmethod
     def build_from(cls, tensors: dict[str, torch.Tensor], source: str | Path) -> CausalVAEModel:
