@@ -46,7 +46,6 @@ from wan.modules.model import WanModel  # noqa: E402
 from wan.modules.t5 import T5Encoder, UMT5Encoder, load_tokenizer  # noqa: E402
 from wan.modules.vae2_1 import Wan2_1_VAE, build_vae21  # noqa: E402
 from wan.modules.vae2_2 import Wan2_2_VAE, build_vae22  # noqa: E402
-from wan.modules.vae_common import DecodeOptions  # noqa: E402
 from wan.pipelines import components, placement  # noqa: E402
 from wan.utils.checkpoint import load_into  # noqa: E402
 from wan.utils.video_io import read_video  # noqa: E402
@@ -113,9 +112,8 @@ class RandomModels:
             else:
                 model = build_vae21(dim=2) if self.smoke else build_vae21()
         cls = Wan2_2_VAE if wide else Wan2_1_VAE
-        options = DecodeOptions(channels_last=True, norm='lean') if dtype == torch.bfloat16 else DecodeOptions()
         return cls.from_tensors(random_weights(model, seed=0, device=self.device), 'random weights',
-                                dtype=dtype, device=device, options=options)
+                                dtype=dtype, device=device, options=components.decode_options(dtype))
 
     def dit(self, folder, dtype, device) -> WanModel:
         """Random init on the GPU (on the CPU it would dominate), then moved to `device` as loaded

@@ -74,11 +74,16 @@ def load_text_encoder(config, ckpt_dir: str | Path):
                      text_len=config.text_len, dtype=config.t5_dtype, device='cpu')
 
 
-def load_vae(config, ckpt_dir: str | Path, device: torch.device, dtype: torch.dtype = torch.float32):
-    """The task's VAE in `dtype`: fp32 as the reference, or bf16 with the decode levers measured
-    fastest on an H200 (channels-last, lean norm; bench/NOTES.md), within bf16 rounding of fp32."""
+def decode_options(dtype: torch.dtype):
+    """The VAE's decode levers for `dtype`: none in fp32 (the reference's path); in bf16 the ones
+    measured fastest on an H200 (channels-last, lean norm; bench/NOTES.md)."""
     from ..modules.vae_common import DecodeOptions
-    options = DecodeOptions(channels_last=True, norm='lean') if dtype == torch.bfloat16 else DecodeOptions()
+    return DecodeOptions(channels_last=True, norm='lean') if dtype == torch.bfloat16 else DecodeOptions()
+
+
+def load_vae(config, ckpt_dir: str | Path, device: torch.device, dtype: torch.dtype = torch.float32):
+    """The task's VAE in `dtype` (bf16: within bf16 rounding of fp32) with `decode_options(dtype)`."""
+    options = decode_options(dtype)
     path = Path(ckpt_dir) / config.vae_checkpoint
     if config.vae_checkpoint == 'Wan2.2_VAE.pth':
         from ..modules.vae2_2 import Wan2_2_VAE
