@@ -17,7 +17,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..modules.attention import attention
+from ..modules.attention import attention, compute_dtype
 
 if TYPE_CHECKING:
     from .sequence_parallel import SequenceParallel
@@ -62,11 +62,7 @@ class UlyssesAttention:
     def __call__(self, q: Tensor, k: Tensor, v: Tensor,
                  k_lens: Tensor | Sequence[int] | None = None) -> Tensor:
         out_dtype = q.dtype
-        if q.is_cuda:  # spec 4 / 15.22: half(v), q and k take v's dtype, before the all-to-all
-            v = v if v.dtype in (torch.float16, torch.bfloat16) else v.to(torch.bfloat16)
-            dtype = v.dtype
-        else:
-            dtype = torch.promote_types(torch.promote_types(q.dtype, k.dtype), v.dtype)
+        dtype = compute_dtype(q, k, v)  # spec 4 / 15.22: cast before the all-to-all
         batch, _, heads, _ = q.shape
         size = self.sp.size
         qkv = torch.stack([q.to(dtype), k.to(dtype), v.to(dtype)])  # [3, B, L/P, N, D]
@@ -74,8 +70,6 @@ class UlyssesAttention:
         if extra:
             qkv = F.pad(qkv, (0, 0, 0, extra))
         q, k, v = seq_to_heads(qkv, self.sp.group).unbind(0)  # [B, L, N'/P, D] each
-        if k_lens is not None and not isinstance(k_lens, Tensor):
-            k_lens = torch.tensor(list(k_lens), dtype=torch.int32)
         out = self.inner(q, k, v, k_lens=self.sp.key_lengths(k_lens, batch))
         out = heads_to_seq(out, self.sp.group)  # [B, L/P, N', D]
         return out[:, :, :heads].to(out_dtype)

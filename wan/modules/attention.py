@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ['attention', 'resolve_backend', 'BACKENDS', 'ENV_VAR']
+__all__ = ['attention', 'compute_dtype', 'resolve_backend', 'BACKENDS', 'ENV_VAR']
 
 logger = logging.getLogger(__name__)
 
@@ -127,6 +127,14 @@ def resolve_backend(device: torch.device | str, backend: str | None = None) -> s
     return _select(backend or os.environ.get(ENV_VAR) or None, device_type)[0]
 
 
+def compute_dtype(q: Tensor, k: Tensor, v: Tensor) -> torch.dtype:
+    """The dtype attention runs in (spec 4): on CUDA v's half type (the reference's `half()`, bf16
+    unless v is fp16), which q and k take too; elsewhere the three inputs' common dtype."""
+    if q.is_cuda:
+        return v.dtype if v.dtype in (torch.float16, torch.bfloat16) else torch.bfloat16
+    return torch.promote_types(torch.promote_types(q.dtype, k.dtype), v.dtype)
+
+
 @torch.compiler.disable  # opaque to torch.compile: a compiled block calls the chosen kernel as is
 def attention(q: Tensor, k: Tensor, v: Tensor, k_lens: Tensor | Sequence[int] | None = None,
               backend: str | None = None) -> Tensor:
@@ -135,12 +143,8 @@ def attention(q: Tensor, k: Tensor, v: Tensor, k_lens: Tensor | Sequence[int] | 
     device_type = q.device.type
     name, kernel = _select(backend or os.environ.get(ENV_VAR) or None, device_type)
     out_dtype = q.dtype
-    if device_type == 'cuda':  # spec 4: half(x), then q and k take v's dtype
-        v = v if v.dtype in (torch.float16, torch.bfloat16) else v.to(torch.bfloat16)
-        q, k = q.to(v.dtype), k.to(v.dtype)
-    else:
-        dtype = torch.promote_types(torch.promote_types(q.dtype, k.dtype), v.dtype)
-        q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+    dtype = compute_dtype(q, k, v)
+    q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
 
     num_keys = k.size(1)
     lens = None if k_lens is None else [int(n) for n in
