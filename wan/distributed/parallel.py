@@ -16,7 +16,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.distributed.device_mesh import init_device_mesh
 
@@ -24,6 +23,7 @@ from ..errors import UserError
 from .cfg_parallel import CfgParallel
 from .fsdp import shard_dit, shard_text_encoder
 from .sequence_parallel import apply_sequence_parallel
+from .util import world_size
 
 __all__ = ['ParallelConfig', 'Parallel']
 
@@ -43,7 +43,7 @@ class ParallelConfig:
 
 class Parallel:
     def __init__(self, config: ParallelConfig, device: torch.device):
-        ranks = dist.get_world_size() if dist.is_initialized() else 1
+        ranks = world_size()
         if config.ulysses_size < 1:
             raise UserError(f'--ulysses_size must be at least 1, got {config.ulysses_size}')
         if config.degree > 1 and config.degree != ranks:

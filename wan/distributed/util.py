@@ -154,7 +154,7 @@ def failing_together() -> Iterator[None]:
 
 def broadcast_object(obj: Any, src: int = 0) -> Any:
     """Rank `src`'s `obj` on every rank (picklable objects: seeds, prompts); identity on one process."""
-    if not is_initialized() or dist.get_world_size() == 1:
+    if world_size() == 1:
         return obj
     box = [obj]
     dist.broadcast_object_list(box, src=src)
@@ -162,7 +162,7 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
 
 
 def barrier() -> None:
-    if is_initialized() and dist.get_world_size() > 1:
+    if world_size() > 1:
         dist.barrier()
 
 
