@@ -9,7 +9,6 @@ language) is an error.
 from __future__ import annotations
 
 import base64
-import gc
 import io
 import logging
 import math
@@ -21,6 +20,7 @@ from PIL import Image
 
 from ..errors import UserError
 from .system_prompt import choose_system_prompt
+from .vlm import free_memory, model_dtype, seeded
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +160,7 @@ def _local_qwen(system: str, prompt: str, image: Image.Image | None, model: str,
 
     path = LOCAL_ALIASES.get(model, model)
     device = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
-    dtype = torch.bfloat16 if device.type == 'cuda' else torch.float32
+    dtype = model_dtype(device)
     llm = None
     try:
         if image is None:
@@ -179,14 +179,11 @@ def _local_qwen(system: str, prompt: str, image: Image.Image | None, model: str,
             inputs = processor(text=[text], images=[image.convert('RGB')], return_tensors='pt')
         llm = llm.to(device).eval()
         inputs = inputs.to(device)
-        with torch.random.fork_rng(devices=[device] if device.type == 'cuda' else []):
-            torch.manual_seed(seed)
+        with seeded(seed, device):
             output = llm.generate(**inputs, max_new_tokens=max_new_tokens)
         new_tokens = output[0, inputs['input_ids'].shape[1]:]
         tokenizer = getattr(processor, 'tokenizer', processor)
         return tokenizer.decode(new_tokens, skip_special_tokens=True)
     finally:
         del llm  # free the weights before the DiT loads
-        gc.collect()
-        if device.type == 'cuda':
-            torch.cuda.empty_cache()
+        free_memory(device)

@@ -38,6 +38,28 @@ IMAGE_PLACEHOLDER = '<image>'
 START_IMAGE, END_IMAGE, CONTEXT_IMAGE = '<img>', '</img>', '<IMG_CONTEXT>'
 
 
+# -- shared by the transformers models loaded for one call (this VLM, the local prompt extender)
+
+def model_dtype(device: torch.device) -> torch.dtype:
+    """bf16 on CUDA, fp32 elsewhere."""
+    return torch.bfloat16 if device.type == 'cuda' else torch.float32
+
+
+@contextmanager
+def seeded(seed: int, device: torch.device) -> Iterator[None]:
+    """Sampling with its own seed, the global RNG state (CPU, and `device` on CUDA) left as it was."""
+    with torch.random.fork_rng(devices=[device] if device.type == 'cuda' else []):
+        torch.manual_seed(seed)
+        yield
+
+
+def free_memory(device: torch.device) -> None:
+    """Collect dropped models now and hand their CUDA memory back."""
+    gc.collect()
+    if device.type == 'cuda':
+        torch.cuda.empty_cache()
+
+
 def frame_indices(num_video_frames: int, num_frames: int = 8) -> list[int]:
     """Centres of `num_frames` equal segments of the video, as the fork samples (spec 14.2)."""
     segment = (num_video_frames - 1) / num_frames
@@ -83,10 +105,8 @@ class _Captioner:
         dtype = next(self.model.parameters()).dtype
         pixels = pixel_values(frames).to(self.device, dtype)
         prompt = question_with_frames(question, len(frames))
-        with torch.random.fork_rng(devices=[self.device] if self.device.type == 'cuda' else []):
-            torch.manual_seed(seed)  # do_sample=True as in the fork, but reproducible
-            with torch.no_grad():
-                text = self._generate(pixels, prompt, max_new_tokens)
+        with seeded(seed, self.device), torch.no_grad():  # do_sample=True as in the fork, reproducible
+            text = self._generate(pixels, prompt, max_new_tokens)
         return ' '.join(text.split())  # one line: it becomes the prompt and the file name
 
     def _generate(self, pixels: torch.Tensor, prompt: str, max_new_tokens: int) -> str:
@@ -152,7 +172,7 @@ def load_captioner(vlm_path: str | Path, device: str | torch.device) -> _Caption
 
     vlm_path, device = Path(vlm_path), torch.device(device)
     config = check_vlm_folder(vlm_path)
-    dtype = torch.bfloat16 if device.type == 'cuda' else torch.float32
+    dtype = model_dtype(device)
     if config.get('model_type') == 'internvl':
         tokenizer = transformers.AutoTokenizer.from_pretrained(vlm_path)
         model = transformers.AutoModelForImageTextToText.from_pretrained(vlm_path, dtype=dtype)
@@ -176,9 +196,7 @@ def loaded_vlm(vlm_path: str | Path, device: str | torch.device) -> Iterator[_Ca
     finally:
         captioner.release()
         del captioner
-        gc.collect()
-        if torch.device(device).type == 'cuda':
-            torch.cuda.empty_cache()
+        free_memory(torch.device(device))
 
 
 def caption_video(video_path: str | Path, *, vlm_path: str | Path, device: str | torch.device,
