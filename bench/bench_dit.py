@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from bench.common import write_result  # noqa: E402
+from bench.common import bench_device, environment, write_result  # noqa: E402
 
 from tests.tiny.dit import diffusers_config, random_init, to_diffusers_state_dict  # noqa: E402
 from wan.modules.attention import ENV_VAR, resolve_backend  # noqa: E402
@@ -199,9 +199,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format='%(name)s: %(message)s')
 
-    device = torch.device('cpu' if args.smoke or not torch.cuda.is_available() else 'cuda')
-    if not args.smoke and device.type != 'cuda':
-        sys.exit('no CUDA device: use --smoke for a CPU check')
+    device = bench_device(args.smoke)
     table = SMOKE if args.smoke else WORKLOADS
     names = list(table) if args.which == 'all' else [args.which]
     variants = args.variants.split(',')
@@ -211,8 +209,7 @@ def main() -> None:
     print_table(results)
     record = {
         'benchmark': 'bench_dit', 'date': datetime.datetime.now().isoformat(timespec='seconds'),
-        'device': torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu',
-        'torch': torch.__version__,
+        **environment(device),
         'smoke': args.smoke, 'repeats': args.repeats, 'results': results,
     }
     write_result(f'bench_dit{"-smoke" if args.smoke else ""}', record)

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
-import os
 import shlex
 import statistics
 import sys
@@ -35,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
-from bench.common import git_commit  # noqa: E402
+from bench.common import environment, write_result  # noqa: E402
 
 from tests.tiny.dit import random_init  # noqa: E402
 from wan.distributed import Parallel, ParallelConfig, finish, init_distributed, world_info  # noqa: E402
@@ -75,7 +73,7 @@ def build_model(config: dict, device: torch.device, dtype: torch.dtype) -> WanMo
     return model
 
 
-def make_inputs(config: dict, latent: tuple[int, ...], device: torch.device) -> dict:
+def make_inputs(latent: tuple[int, ...], device: torch.device) -> dict:
     """Latent, two prompt embeddings and the timestep; drawn on the CPU, so equal on every rank."""
     generator = torch.Generator().manual_seed(1)
     return dict(latents=torch.randn(latent, generator=generator).to(device),
@@ -123,14 +121,12 @@ def peak_gib(device: torch.device) -> float | None:
 
 
 def versions(device: torch.device) -> dict:
-    info = {'torch': torch.__version__, 'python': sys.version.split()[0],
-            'attention_backend': resolve_backend(device)}
+    """`bench.common.environment` plus the GPU name (None on the CPU), attention backend and NCCL."""
+    info = environment(device)
+    info.update(gpu=info['device'] if device.type == 'cuda' else None, attention_backend=resolve_backend(device))
     if device.type == 'cuda':
         nccl = torch.cuda.nccl.version()
-        info.update(cuda=torch.version.cuda, gpu=torch.cuda.get_device_name(device),
-                    nccl='.'.join(map(str, nccl)) if isinstance(nccl, tuple) else str(nccl))
-    else:
-        info['gpu'] = None
+        info['nccl'] = '.'.join(map(str, nccl)) if isinstance(nccl, tuple) else str(nccl)
     return info
 
 
@@ -181,7 +177,7 @@ def main() -> None:
     log(f'{name} on {info.world_size} x {versions(device)["gpu"] or "cpu"}; latent {latent}')
 
     model = build_model(config, device, dtype)
-    inputs = make_inputs(config, latent, device)
+    inputs = make_inputs(latent, device)
     collective = info.world_size > 1
 
     # 1 GPU: rank 0 alone, before anything is parallelized
@@ -230,7 +226,7 @@ def main() -> None:
         record = {
             'benchmark': 'bench_multigpu', 'date': datetime.datetime.now().isoformat(timespec='seconds'),
             'command': shlex.join(['torchrun', f'--nproc_per_node={info.world_size}', *sys.argv]),
-            'git_commit': git_commit(), 'world_size': info.world_size, 'configuration': name,
+            'world_size': info.world_size, 'configuration': name,
             'parallel_config': vars(pconfig) if collective else None, 'smoke': args.smoke,
             'model': config, 'latent': list(latent), 'tokens': seq_len_for(latent, (1, 2, 2), 1),
             'steps': args.steps, 'ref_steps': args.ref_steps, 'warmup': args.warmup,
@@ -239,13 +235,8 @@ def main() -> None:
             'reference': reference, 'parallel': record_parallel, **versions(device),
         }
         print_table(record)
-        out_dir = Path(os.environ.get('OUT') or ROOT / 'bench' / 'results')
-        out_dir.mkdir(parents=True, exist_ok=True)
-        stamp = datetime.datetime.now().strftime('%Y%m%d-%H%M%S')
         tag = name.replace(' + ', '-').replace(' ', '')
-        path = out_dir / f'bench_multigpu{"-smoke" if args.smoke else ""}-{info.world_size}gpu-{tag}-{stamp}.json'
-        path.write_text(json.dumps(record, indent=2))
-        print(f'wrote {path}')
+        write_result(f'bench_multigpu{"-smoke" if args.smoke else ""}-{info.world_size}gpu-{tag}', record)
         if errors and not record['equal_within_tolerance']:
             print(f'FAIL: relative error {max(errors):.2e} exceeds {tolerance:.0e}', file=sys.stderr)
     if collective:

@@ -24,15 +24,13 @@ once. A variant that fails is reported with its error and the run goes on.
     python3 bench/bench_vae.py --analyze               # CPU, full size on the meta device: FLOPs,
                                                        # bytes moved per op, caches, memory peak
 
-Prints a table and writes JSON (GPU, versions, commit, command) to $OUT/bench_vae[_smoke].json,
-OUT defaulting to bench/results.
+Prints a table and writes JSON (GPU, versions, commit, command) to
+$OUT/bench_vae[-smoke]-<date>-<time>.json, OUT defaulting to bench/results.
 """
 from __future__ import annotations
 
 import argparse
 import collections
-import json
-import os
 import statistics
 import sys
 import time
@@ -44,7 +42,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import git_commit  # noqa: E402
+from bench.common import environment, git_commit, write_result  # noqa: E402
 
 from tests.tiny.vae import diffusers_config, random_weights, to_diffusers  # noqa: E402
 from wan.modules.vae2_1 import Wan2_1_VAE, build_vae21  # noqa: E402
@@ -287,11 +285,10 @@ def analyze(versions: list[str]) -> None:
                 print(f'   {name:28} {moved / 1e9:7.1f} GB {traffic.calls[name]:4d} calls')
 
 
-def environment(device, with_diffusers):
+def decode_environment(device, with_diffusers):
+    """`bench.common.environment` plus cuDNN, the TF32 switches, commit, command and date."""
     env = dict(
-        device=torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu',
-        torch=torch.__version__, cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(),
-        python=sys.version.split()[0], commit=git_commit(),
+        environment(device), cudnn=torch.backends.cudnn.version(), commit=git_commit(),
         command=' '.join([Path(sys.executable).name, *sys.argv]),
         cudnn_allow_tf32=torch.backends.cudnn.allow_tf32,
         matmul_allow_tf32=torch.backends.cuda.matmul.allow_tf32,
@@ -337,13 +334,10 @@ def main() -> None:
     for version in args.versions:
         rows += run_version(version, args, device, started)
     print_table(rows)
-    out_dir = Path(os.environ.get('OUT', ROOT / 'bench' / 'results'))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / ('bench_vae_smoke.json' if args.smoke else 'bench_vae.json')
-    result = dict(environment=environment(device, args.diffusers),
+    result = dict(environment=decode_environment(device, args.diffusers),
                   total_s=time.perf_counter() - started, rows=rows)
-    path.write_text(json.dumps(result, indent=1))
-    print(f'wrote {path} ({result["total_s"]:.0f} s)')
+    print(f'total {result["total_s"]:.0f} s')
+    write_result(f'bench_vae{"-smoke" if args.smoke else ""}', result)
 
 
 if __name__ == '__main__':

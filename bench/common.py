@@ -1,8 +1,10 @@
-"""Shared by the benchmark scripts: the commit a result belongs to."""
+"""Shared by the benchmark scripts: the device, the environment and commit a result belongs to, and
+writing the result."""
 from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,13 +34,19 @@ def bench_device(smoke: bool):
     return torch.device('cuda', 0)
 
 
+def environment(device) -> dict:
+    """The header of a result: device name ('cpu' off the GPU), torch, CUDA and Python versions."""
+    import torch
+    return {'device': torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu',
+            'torch': torch.__version__, 'cuda': torch.version.cuda, 'python': sys.version.split()[0]}
+
+
 def write_result(stem: str, record: dict, out_dir: Path | None = None) -> Path:
     """`record` with the commit and the exact command added, as JSON in `out_dir` (default $OUT,
     else bench/results), named `<stem>-<date>-<time>.json`; prints and returns the path."""
     import datetime
     import json
     import shlex
-    import sys
     record = {'git_commit': git_commit(), 'command': shlex.join([sys.executable, *sys.argv]), **record}
     out_dir = out_dir or Path(os.environ.get('OUT') or ROOT / 'bench' / 'results')
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -19,7 +19,7 @@ import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
 from bench.bench_dit import COMMON, WORKLOADS, init_random_  # noqa: E402
-from bench.common import write_result  # noqa: E402
+from bench.common import environment, write_result  # noqa: E402
 from wan.modules.model import WanModel  # noqa: E402
 from wan.pipelines.components import compile_dit  # noqa: E402
 
@@ -94,7 +94,7 @@ def main() -> None:
     for r in rows[:args.rows]:
         print(f'  {r["ms"]:9.1f} ms {r["calls"]:6d}  {r["kernel"]}')
     write_result(f'profile_dit-{args.which}{"-compile" if args.compile else ""}', {
-        'benchmark': 'profile_dit', 'device': torch.cuda.get_device_name(), 'torch': torch.__version__,
+        'benchmark': 'profile_dit', **environment(device),
         'wall_s': wall, 'host_waits': syncs, 'split_s': {k: v / 1e6 for k, v in split.items()},
         'kernels': rows[:60]})
 

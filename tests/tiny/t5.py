@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from wan.train.text import write_tokenizer as write_unigram_tokenizer
+
 T5_CHECKPOINT = 'models_t5_umt5-xxl-enc-bf16.pth'
 T5_TOKENIZER = 'google/umt5-xxl'
 SPECIAL_TOKENS = ('<pad>', '</s>', '<unk>')  # ids 0, 1, 2
@@ -63,20 +65,8 @@ def tokenizer_pieces() -> list[tuple[str, float]]:
 
 
 def write_tokenizer(folder: str | Path) -> Path:
-    """Save a T5 tokenizer folder (tokenizer.json + config) that AutoTokenizer loads."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
-    from transformers import T5TokenizerFast
-
-    tok = Tokenizer(models.Unigram(tokenizer_pieces(), unk_id=SPECIAL_TOKENS.index('<unk>')))
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.WhitespaceSplit(),
-        pre_tokenizers.Metaspace(replacement='\u2581', prepend_scheme='always', split=True)])
-    tok.decoder = decoders.Metaspace(replacement='\u2581', prepend_scheme='always', split=True)
-    tok.post_processor = processors.TemplateProcessing(
-        single='$A </s>', pair='$A </s> $B </s>', special_tokens=[('</s>', 1)])
-    folder = Path(folder)
-    T5TokenizerFast(tokenizer_object=tok, extra_ids=0).save_pretrained(str(folder))
-    return folder
+    """Save a T5 tokenizer folder (tokenizer.json + config) over `tokenizer_pieces()` that AutoTokenizer loads."""
+    return write_unigram_tokenizer(folder, tokenizer_pieces())
 
 
 def t5_state_dict(*, vocab_size: int, dim: int = 32, dim_attn: int | None = None, dim_ffn: int = 64,

@@ -1,4 +1,4 @@
-"""Training-loop pieces: budget, learning-rate schedule, EMA, loss log files."""
+"""Training-loop pieces: budget, learning-rate schedule, optimizer step, EMA, loss log files."""
 from __future__ import annotations
 
 import csv
@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from wan.train.loop import EMA, Budget, LossLog, warmup_cosine
+from wan.train.loop import EMA, Budget, LossLog, optimizer_step, warmup_cosine
 
 
 def test_budget_by_steps_or_time():
@@ -25,6 +25,19 @@ def test_warmup_then_cosine():
     assert warmup_cosine(0.0, 9, 10) == pytest.approx(1.0)
     assert warmup_cosine(0.5, 100, 10) == pytest.approx(0.1 + 0.9 * 0.5)
     assert warmup_cosine(1.0, 100, 10) == pytest.approx(0.1)
+
+
+def test_optimizer_step_sets_lr_clears_old_grads_and_clips():
+    weight = torch.nn.Parameter(torch.zeros(3))
+    optimizer = torch.optim.SGD([weight], lr=99.0)
+    gradient = torch.tensor([3.0, 4.0, 0.0])  # norm 5
+    weight.grad = torch.full((3,), 1e3)  # stale: must not be added
+    optimizer_step(optimizer, (gradient * weight).sum(), lr=0.5, max_norm=1.0)
+    assert optimizer.param_groups[0]['lr'] == 0.5
+    assert torch.allclose(weight.detach(), -0.5 * gradient / 5)  # clipped to norm 1
+    before = weight.detach().clone()
+    optimizer_step(optimizer, (gradient * weight).sum(), lr=0.1, max_norm=10.0)
+    assert torch.allclose(weight.detach(), before - 0.1 * gradient)  # under max_norm: unchanged
 
 
 def test_ema_follows_the_ramped_decay():

@@ -19,8 +19,6 @@ from torch import Tensor, nn
 
 from ..utils.fm_solvers import shift_sigmas  # the solvers' timestep shift (spec 8.1); works on tensors too
 
-__all__ = ['FlowMatching', 'init_dit_weights', 'shift_sigmas']
-
 
 def init_dit_weights(model: nn.Module) -> None:
     """The reference's initialisation (spec 3.1): xavier-uniform linears with zero biases, the patch

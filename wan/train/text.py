@@ -16,10 +16,11 @@ from pathlib import Path
 
 import torch
 
+from ..configs import WAN_CONFIGS
 from ..data.synthetic import COLOURS, DIRECTIONS, SHAPES
 
-T5_CHECKPOINT = 'models_t5_umt5-xxl-enc-bf16.pth'
-T5_TOKENIZER = 'google/umt5-xxl'
+T5_CHECKPOINT = WAN_CONFIGS['ti2v-tiny'].t5_checkpoint   # models_t5_umt5-xxl-enc-bf16.pth
+T5_TOKENIZER = WAN_CONFIGS['ti2v-tiny'].t5_tokenizer     # google/umt5-xxl
 SPECIAL_TOKENS = ('<pad>', '</s>', '<unk>')  # ids 0, 1, 2, as T5
 CAPTION_WORDS = ('a', 'an', 'moves', 'on', 'background', *COLOURS, *SHAPES, *DIRECTIONS)
 PUNCTUATION = ('.', ',')
@@ -37,12 +38,17 @@ def tokenizer_pieces() -> list[tuple[str, float]]:
     return [(p, 0.0 if p in SPECIAL_TOKENS else -math.log(len(pieces))) for p in pieces]
 
 
-def write_tokenizer(folder: str | Path) -> Path:
-    """Save a T5 tokenizer folder (tokenizer.json + tokenizer_config.json) that AutoTokenizer loads."""
+def write_tokenizer(folder: str | Path, pieces: list[tuple[str, float]] | None = None) -> Path:
+    """Save a T5 tokenizer folder (tokenizer.json + tokenizer_config.json) that AutoTokenizer loads.
+
+    `pieces`: (piece, log-probability) pairs of the Unigram model, starting with SPECIAL_TOKENS;
+    default `tokenizer_pieces()`. Words are split on whitespace and marked with MARK at their start.
+    """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import T5TokenizerFast
 
-    tok = Tokenizer(models.Unigram(tokenizer_pieces(), unk_id=SPECIAL_TOKENS.index('<unk>')))
+    pieces = tokenizer_pieces() if pieces is None else pieces
+    tok = Tokenizer(models.Unigram(pieces, unk_id=SPECIAL_TOKENS.index('<unk>')))
     tok.pre_tokenizer = pre_tokenizers.Sequence([
         pre_tokenizers.WhitespaceSplit(),
         pre_tokenizers.Metaspace(replacement=MARK, prepend_scheme='always', split=True)])

@@ -33,14 +33,15 @@ from ..data.synthetic import (DIRECTION_NAMES, caption, captions, measure, rende
                               vary)
 from ..errors import UserError
 from ..modules.vae2_2 import Wan2_2_VAE
+from ..utils.checkpoint import SAFETENSORS_STEM
 from .flow_matching import FlowMatching, init_dit_weights
 from .loop import EMA, Budget, LossLog, optimizer_step, warmup_cosine
 from .text import write_text_encoder
 from .vae import build_small_vae22, fold_normalisation, latent_statistics, reconstruction_loss
 
 TASK = 'ti2v-tiny'
-VAE_CHECKPOINT = 'Wan2.2_VAE.pth'
-DIT_WEIGHTS = 'diffusion_pytorch_model.safetensors'
+VAE_CHECKPOINT = WAN_CONFIGS[TASK].vae_checkpoint    # Wan2.2_VAE.pth
+DIT_WEIGHTS = f'{SAFETENSORS_STEM}.safetensors'      # diffusion_pytorch_model.safetensors
 
 
 @dataclass
@@ -128,7 +129,7 @@ def train_vae(recipe: Recipe, device: torch.device, log: LossLog):
         log.add('vae', step, budget.elapsed(), loss.item(), lr)
         if budget.elapsed() - last > 15 or step == 0:
             last = budget.elapsed()
-            say(f'VAE step {step} {last:.0f}s loss {loss.item():.4f} psnr {stats["psnr"]:.1f} dB')
+            say(f'VAE step {step} {last:.0f}s loss {loss.item():.4f} psnr {float(stats["psnr"]):.1f} dB')
         step += 1
     say(f'VAE: {step} steps in {budget.elapsed():.0f}s')
     return model.eval().requires_grad_(False)

@@ -9,7 +9,6 @@ yields latents of mean ~0 and std ~1 and decodes them back exactly.
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 
 import torch
@@ -36,13 +35,16 @@ def decode_unclamped(model: CausalVAEModel, z: Tensor) -> Tensor:
 
 
 def reconstruction_loss(model: CausalVAEModel, video: Tensor, weight: Tensor | None = None,
-                        latent_noise: float = 0.1, latent_penalty: float = 1e-4) -> tuple[Tensor, dict[str, float]]:
+                        latent_noise: float = 0.1, latent_penalty: float = 1e-4) -> tuple[Tensor, dict[str, Tensor]]:
     """L1 + MSE of the streamed reconstruction of `video` [B, 3, 1+4k, H, W] in [-1, 1].
 
     `weight` [B, 1, T, H, W] (optional) weighs pixels, normalised to mean 1: small objects on a
     plain background are learned much sooner when their pixels count more. The decoder sees mu plus
     Gaussian noise of `latent_noise` times each channel's batch std, so it tolerates the small
     latent errors a sampler leaves; a small L2 penalty keeps mu from drifting.
+
+    The statistics (l1, mse, psnr in dB) are detached 0-d tensors on the video's device: reading
+    them with float() waits for the GPU, so callers do that only where they print them.
     """
     mu = model.encode(video)
     scale = mu.detach().float().std(dim=(0, 2, 3, 4), keepdim=True)
@@ -51,9 +53,9 @@ def reconstruction_loss(model: CausalVAEModel, video: Tensor, weight: Tensor | N
     error = recon - video
     w = 1.0 if weight is None else weight / weight.mean()
     loss = (w * (error.abs() + error.pow(2))).mean() + latent_penalty * mu.float().pow(2).mean()
-    l1, mse = error.abs().mean(), error.pow(2).mean()
-    mse_value = mse.item()
-    return loss, dict(l1=l1.item(), mse=mse_value, psnr=10 * math.log10(4 / max(mse_value, 1e-12)))
+    l1, mse = error.detach().abs().mean(), error.detach().pow(2).mean()
+    psnr = 10 * torch.log10(4 / mse.double().clamp(min=1e-12))  # float64, as the Python float it was
+    return loss, dict(l1=l1, mse=mse, psnr=psnr)
 
 
 @torch.no_grad()
