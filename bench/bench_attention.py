@@ -17,7 +17,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from bench.common import write_result  # noqa: E402
+from bench.common import environment, write_result  # noqa: E402
 from wan.modules.attention import attention  # noqa: E402
 
 # name -> (query tokens, key tokens, heads); head dim 128 everywhere
@@ -65,8 +65,8 @@ def main() -> None:
                          'tflops': flops / seconds / 1e12})
             print(f'{name:<16} {backend:<12} {seconds * 1e3:9.2f} ms {flops / seconds / 1e12:7.1f} TFLOP/s')
         del q, k, v
-    write_result('bench_attention', {'benchmark': 'bench_attention', 'device': torch.cuda.get_device_name(),
-                                     'torch': torch.__version__, 'rows': rows})
+    write_result('bench_attention', {'benchmark': 'bench_attention', **environment(torch.device('cuda')),
+                                     'rows': rows})
 
 
 if __name__ == '__main__':

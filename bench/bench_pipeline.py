@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from bench.common import bench_device, write_result  # noqa: E402
+from bench.common import bench_device, environment, write_result  # noqa: E402
 
 from tests.tiny.dit import random_init  # noqa: E402
 from tests.tiny.t5 import tokenizer_pieces, write_tokenizer  # noqa: E402
@@ -288,8 +288,7 @@ def main() -> None:
     results = {
         'benchmark': 'bench_pipeline', 'date': datetime.datetime.now().isoformat(timespec='seconds'),
         # the command and the commit: added by write_result
-        'device': torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu',
-        'torch': torch.__version__, 'cuda': torch.version.cuda, 'python': sys.version.split()[0],
+        **environment(device),
         'attention_backend': resolve_backend(device), 'smoke': args.smoke,
         'notes': 'random weights; load = random init of every model in GPU memory (no disk read), then the '
                  'DiT and umT5 copied to the CPU as the real loaders leave them, so its time and peak are not '

@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from bench.bench_pipeline import RandomModels, placeholder_checkpoint  # noqa: E402
-from bench.common import bench_device, write_result  # noqa: E402
+from bench.common import bench_device, environment, write_result  # noqa: E402
 from tests.tiny.vlm import build_tiny_internvl, qwen_text_config, save_vlm_folder  # noqa: E402
 from wan import cli  # noqa: E402
 from wan.configs import SIZE_CONFIGS, SUPPORTED_SIZES  # noqa: E402
@@ -221,9 +221,7 @@ def main() -> None:
     results = {
         'benchmark': 'bench_v2v', 'date': datetime.datetime.now().isoformat(timespec='seconds'),
         # the command and the commit: added by write_result
-        'device': torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu',
-        'torch': torch.__version__, 'cuda': torch.version.cuda, 'transformers': transformers.__version__,
-        'python': sys.version.split()[0], 'attention_backend': resolve_backend(device), 'smoke': args.smoke,
+        **environment(device), 'transformers': transformers.__version__, 'attention_backend': resolve_backend(device), 'smoke': args.smoke,
         'settings': {'size': size, 'frame_num': frames, 'sample_steps': args.steps,
                      'caption_tokens': args.caption_tokens,
                      'input_video': {'width': in_width, 'height': in_height, 'frames': in_frames}},

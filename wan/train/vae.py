@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from ..modules.vae2_2 import Wan2_2_VAE, build_vae22
-from ..modules.vae_common import CausalCache, CausalVAEModel, unpatchify
+from ..modules.vae_common import CausalVAEModel, stream, unpatchify
 
 
 def build_small_vae22(dim: int, dec_dim: int, num_res_blocks: int = 1) -> CausalVAEModel:
@@ -27,11 +27,8 @@ def decode_unclamped(model: CausalVAEModel, z: Tensor) -> Tensor:
     """`CausalVAEModel.decode` (one latent frame per call, one cache, spec 6.4) without its final clamp
     to [-1, 1], which would stop the gradient of every pixel it clips."""
     x = model.conv2(z)
-    cache, frames = CausalCache(), []
-    for i in range(x.shape[2]):
-        frames.append(unpatchify(model.decoder(x[:, :, i:i + 1], cache), model.patch))
-        cache.first_chunk = False
-    return torch.cat(frames, 2).float()
+    return torch.cat([unpatchify(model.decoder(x[:, :, i:i + 1], cache), model.patch)
+                      for i, cache in stream(range(x.shape[2]))], 2).float()
 
 
 def reconstruction_loss(model: CausalVAEModel, video: Tensor, weight: Tensor | None = None,
