@@ -2,6 +2,7 @@
 FA4 called directly, in TFLOP/s (4 * Lq * Lk * heads * head_dim FLOPs per call).
 
   python bench/bench_attention.py [--backends sdpa_cudnn,sdpa_flash,fa4] [--repeats 10]
+  python bench/bench_attention.py --backends fa4 --fa4_tiles 128x128,128x176  # FA4 tile sizes
 
 Writes one JSON file to $OUT (default bench/results).
 """
@@ -44,6 +45,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--backends', default='sdpa_cudnn,sdpa_flash,fa4')
     parser.add_argument('--repeats', type=int, default=10)
+    parser.add_argument('--fa4_tiles', default='',
+                        help="comma-separated MxN tiles for FA4's forward (its private "
+                             "`_flash_attn_fwd(tile_mn=...)`), each timed beside the default")
     args = parser.parse_args()
     rows = []
     for name, (lq, lk, heads) in SHAPES.items():
@@ -54,16 +58,27 @@ def main() -> None:
         if 'fa4' in calls:
             from flash_attn.cute.interface import flash_attn_func
             calls['fa4 direct'] = lambda: flash_attn_func(q, k, v)
+        for tile in filter(None, args.fa4_tiles.split(',')):
+            from flash_attn.cute.interface import _flash_attn_fwd
+            m, n = (int(s) for s in tile.split('x'))
+            calls[f'fa4 {tile}'] = (lambda m=m, n=n: _flash_attn_fwd(
+                q, k, v, tile_mn=(m, n), num_threads=(m // 64 + 1) * 128)[0])
+        reference = None
         for backend, fn in calls.items():
             try:
                 seconds = time_call(fn, args.repeats)
+                out = fn().float()
             except Exception as exc:  # report and go on
                 rows.append({'shape': name, 'backend': backend, 'error': str(exc)[:200]})
                 print(f'{name:<16} {backend:<12} failed: {str(exc)[:100]}')
                 continue
+            reference = out if reference is None else reference
+            rel = ((out - reference).norm() / reference.norm()).item()  # against the first backend
             rows.append({'shape': name, 'backend': backend, 'ms': seconds * 1e3,
-                         'tflops': flops / seconds / 1e12})
-            print(f'{name:<16} {backend:<12} {seconds * 1e3:9.2f} ms {flops / seconds / 1e12:7.1f} TFLOP/s')
+                         'tflops': flops / seconds / 1e12, 'rel_diff_vs_first': rel})
+            print(f'{name:<16} {backend:<12} {seconds * 1e3:9.2f} ms {flops / seconds / 1e12:7.1f} TFLOP/s'
+                  f'  rel. diff {rel:.1e}')
+            del out
         del q, k, v
     write_result('bench_attention', {'benchmark': 'bench_attention', **environment(torch.device('cuda')),
                                      'rows': rows})
