@@ -47,6 +47,8 @@ def _first(result: Tensor | tuple) -> Tensor:
 def _load_flash(name: str) -> Kernel:
     """Import a flash-attn kernel lazily; ImportError when the package is not installed."""
     if name == 'fa4':
+        # keep FA4's compiled kernels on disk (read at import): a later run skips ~1.6 s per shape
+        os.environ.setdefault('FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED', '1')
         from flash_attn.cute.interface import flash_attn_func
     elif name == 'fa3':
         from flash_attn_interface import flash_attn_func
@@ -135,11 +137,31 @@ def compute_dtype(q: Tensor, k: Tensor, v: Tensor) -> torch.dtype:
     return torch.promote_types(torch.promote_types(q.dtype, k.dtype), v.dtype)
 
 
-@torch.compiler.disable  # opaque to torch.compile: a compiled block calls the chosen kernel as is
 def attention(q: Tensor, k: Tensor, v: Tensor, k_lens: Tensor | Sequence[int] | None = None,
               backend: str | None = None) -> Tensor:
     """Softmax(q k^T / sqrt(D)) v per head; keys at positions >= k_lens[i] are ignored."""
     assert q.dim() == 4 and k.dim() == 4 and v.dim() == 4, 'expected [B, L, N, D] tensors'
+    if torch.compiler.is_compiling():  # one opaque op: the compiled graph runs on around it
+        if k_lens is not None and not isinstance(k_lens, Tensor):
+            k_lens = torch.tensor(list(k_lens), dtype=torch.int32)
+        return _attention_op(q, k, v, k_lens, backend)
+    return _attention(q, k, v, k_lens, backend)
+
+
+@torch.library.custom_op('wan::attention', mutates_args=())
+def _attention_op(q: Tensor, k: Tensor, v: Tensor, k_lens: Tensor | None, backend: str | None) -> Tensor:
+    """`attention` as an operator torch.compile does not trace into: the chosen kernel runs as is,
+    and a compiled block is not cut in two around it."""
+    return _attention(q, k, v, k_lens, backend).contiguous()
+
+
+@_attention_op.register_fake
+def _(q: Tensor, k: Tensor, v: Tensor, k_lens: Tensor | None, backend: str | None) -> Tensor:
+    return q.new_empty(*q.shape[:-1], v.size(-1))
+
+
+def _attention(q: Tensor, k: Tensor, v: Tensor, k_lens: Tensor | Sequence[int] | None,
+               backend: str | None) -> Tensor:
     device_type = q.device.type
     name, kernel = _select(backend or os.environ.get(ENV_VAR) or None, device_type)
     out_dtype = q.dtype
