@@ -10,7 +10,7 @@ from safetensors.torch import load_file, save_file
 from tests.tiny.dit import (diffusers_config, random_dit_state_dict, to_diffusers_state_dict,
                             write_dit_checkpoint)
 from wan.errors import CheckpointError
-from wan.modules.model import WanModel, rope_apply, rope_tables
+from wan.modules.model import FeedForward, WanModel, rope_apply, rope_tables
 
 TINY = dict(dim=64, ffn_dim=128, num_heads=2, num_layers=2, freq_dim=256, text_len=512, eps=1e-6)
 CHANNELS = {'t2v': (16, 16), 'i2v': (36, 16), 'ti2v': (48, 48)}  # (in_dim, out_dim)
@@ -506,3 +506,29 @@ def test_forward_never_waits_for_the_gpu_given_host_timesteps():
             model(x, t, context, seq_len)
         finally:
             torch.cuda.set_sync_debug_mode('default')
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
+def test_feed_forward_runs_the_gelu_in_the_matmul_epilogue_rounding_once():
+    """bf16 on CUDA: the first linear's output is rounded once, after the GELU, instead of before
+    and after it, so it is closer to the fp32 result than the unfused pair; the block output stays
+    within bf16 rounding of the unfused path."""
+    torch.manual_seed(0)
+    layers = (torch.nn.Linear(512, 2048), torch.nn.GELU(approximate='tanh'), torch.nn.Linear(2048, 512))
+    ffn = FeedForward(*layers).cuda().to(torch.bfloat16)
+    x = torch.randn(1, 1024, 512, device='cuda')
+    first = ffn[0]
+    exact = torch.nn.functional.gelu(torch.nn.functional.linear(
+        x.bfloat16().float(), first.weight.float(), first.bias.float()), approximate='tanh')
+    with torch.no_grad(), torch.autocast('cuda', dtype=torch.bfloat16):
+        with mock.patch('torch._addmm_activation', wraps=torch._addmm_activation) as fused_call:
+            out = ffn(x)
+        fused_call.assert_called_once()
+        unfused_out = torch.nn.Sequential.forward(ffn, x)
+        fused_hidden = torch.ops.wan.linear_gelu_tanh(x.bfloat16(), first.weight, first.bias)
+        unfused_hidden = ffn[1](first(x))
+
+    def error(a: torch.Tensor) -> float:
+        return ((a.float() - exact).norm() / exact.norm()).item()
+    assert error(fused_hidden) < 0.8 * error(unfused_hidden)
+    torch.testing.assert_close(out, unfused_out, rtol=2e-2, atol=2e-2)
