@@ -136,3 +136,23 @@ def test_mixed_dtypes_return_q_dtype():
     out = attention(q, k, v.to(torch.bfloat16))
     assert out.dtype == torch.float32
     torch.testing.assert_close(out.double(), reference(q, k, v.to(torch.bfloat16)), **TOL)
+
+
+def test_cuda_backend_selected_on_a_background_thread_on_the_run_device(monkeypatch):
+    import threading
+    from unittest import mock
+    calls = []
+
+    def fake_select(name, device_type):
+        calls.append((name, device_type, threading.current_thread().name))
+        return 'fa4', None
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    monkeypatch.setattr(attention_module, '_select', fake_select)
+    with mock.patch('torch.cuda.set_device') as set_device:
+        attention_module.resolve_in_background('cpu')  # nothing to select ahead off CUDA
+        assert not [t for t in threading.enumerate() if t.name == 'attention-select']
+        attention_module.resolve_in_background(torch.device('cuda', 1))
+        for thread in [t for t in threading.enumerate() if t.name == 'attention-select']:
+            thread.join()
+    set_device.assert_called_once_with(torch.device('cuda', 1))
+    assert calls == [(None, 'cuda', 'attention-select')]

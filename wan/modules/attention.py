@@ -20,13 +20,14 @@ import functools
 import inspect
 import logging
 import os
+import threading
 from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ['attention', 'compute_dtype', 'resolve_backend', 'BACKENDS', 'ENV_VAR']
+__all__ = ['attention', 'compute_dtype', 'resolve_backend', 'resolve_in_background', 'BACKENDS', 'ENV_VAR']
 
 logger = logging.getLogger(__name__)
 
@@ -123,10 +124,35 @@ def _select(name: str | None, device_type: str) -> tuple[str, Kernel]:
     return 'sdpa', _sdpa_kernel('sdpa', device_type)
 
 
+_select_lock = threading.Lock()
+
+
+def _selected(name: str | None, device_type: str) -> tuple[str, Kernel]:
+    """`_select`, one caller at a time: a call made while the background selection runs waits for it."""
+    with _select_lock:
+        return _select(name, device_type)
+
+
 def resolve_backend(device: torch.device | str, backend: str | None = None) -> str:
     """The backend name `attention` uses on `device` (argument, else env var, else automatic)."""
     device_type = torch.device(device).type
-    return _select(backend or os.environ.get(ENV_VAR) or None, device_type)[0]
+    return _selected(backend or os.environ.get(ENV_VAR) or None, device_type)[0]
+
+
+def resolve_in_background(device: torch.device | str) -> None:
+    """Select the CUDA backend on a daemon thread: importing FA4 and loading its kernel takes
+    seconds, which loading the models then hides. Nothing to do off CUDA."""
+    device = torch.device(device)
+    if device.type != 'cuda':
+        return
+
+    def select() -> None:
+        torch.cuda.set_device(device)  # this thread's probe runs on the device of the run
+        try:
+            resolve_backend(device)
+        except Exception as exc:  # noqa: BLE001  (the first attention call raises it again)
+            logger.debug('background attention selection failed: %s', exc)
+    threading.Thread(target=select, name='attention-select', daemon=True).start()
 
 
 def compute_dtype(q: Tensor, k: Tensor, v: Tensor) -> torch.dtype:
@@ -163,7 +189,7 @@ def _(q: Tensor, k: Tensor, v: Tensor, k_lens: Tensor | None, backend: str | Non
 def _attention(q: Tensor, k: Tensor, v: Tensor, k_lens: Tensor | Sequence[int] | None,
                backend: str | None) -> Tensor:
     device_type = q.device.type
-    name, kernel = _select(backend or os.environ.get(ENV_VAR) or None, device_type)
+    name, kernel = _selected(backend or os.environ.get(ENV_VAR) or None, device_type)
     out_dtype = q.dtype
     dtype = compute_dtype(q, k, v)
     q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
