@@ -166,6 +166,32 @@ def test_prepare_builds_host_copies_in_the_background_in_order(recorded_host_cop
     assert log.index((LOW, 'host copy', CPU)) < log.index((LOW, 'copy in', []))
 
 
+def test_text_encoder_host_copy_is_built_first_in_the_background_only_when_offloading(recorded_host_copies):
+    import threading
+    builders = []
+    original = Placement._host_copy
+
+    def recording(self, module):
+        builders.append((module.name, threading.current_thread().name))
+        return original(self, module)
+    with mock.patch.object(Placement, '_host_copy', recording):
+        for placement, queued in [(Placement(GPU, offload_model=True, host_copies=True), ['t5', HIGH, LOW]),
+                                  (Placement(GPU, offload_model=False, host_copies=True), [HIGH, LOW]),
+                                  (Placement(GPU, offload_model=True, t5_cpu=True, host_copies=True),
+                                   [HIGH, LOW])]:
+            builders.clear()
+            experts = fake_experts()
+            t5 = FakeModule('t5', [])
+            t5.peers = []
+            placement.prepare_text_encoder(t5)
+            placement.prepare([experts[HIGH], experts[LOW]])
+            with placement.text_encoder(t5):
+                pass
+            run_schedule(placement, [HIGH, LOW], experts)
+            assert [name for name, _ in builders] == queued  # in the order asked, each once
+            assert all(thread == 'host-copy' for _, thread in builders)
+
+
 def test_a_failed_background_copy_is_raised_where_the_expert_is_needed(recorded_host_copies):
     experts = fake_experts()
 
@@ -356,6 +382,7 @@ def test_pinned_swap_on_the_gpu():
     expert_bytes = sum(p.nbytes for p in experts[HIGH].parameters())
     placement = Placement(torch.device('cuda'), offload_model=True)
     assert placement.device == torch.device('cuda', torch.cuda.current_device())
+    torch.ones(8, 8, device='cuda') @ torch.ones(8, 8, device='cuda')  # cuBLAS's workspace stays allocated
     base = torch.cuda.memory_allocated()
     host_ptrs = []
     for _ in range(2):

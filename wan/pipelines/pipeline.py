@@ -21,6 +21,7 @@ from torch import nn
 
 from ..configs import WAN_CONFIGS
 from ..errors import UserError
+from ..modules.attention import resolve_in_background
 from . import components
 from .denoise import HIGH, DenoiseInputs, GuidedModel, StepInfo, denoise
 from .i2v import prepare_i2v
@@ -54,6 +55,11 @@ def resolve_seed(seed: int) -> int:
     return seed if seed >= 0 else random.randint(0, sys.maxsize)
 
 
+def high_noise_first(experts: dict[str, nn.Module]) -> list[nn.Module]:
+    """The experts in the order the sampler needs them: the high-noise one first (spec 7.1)."""
+    return sorted(experts.values(), key=lambda m: m is not experts.get(HIGH))
+
+
 class VideoPipeline:
     def __init__(self, task: str, *, text_encoder, vae, experts: dict[str, nn.Module], placement: Placement,
                  sp_size: int = 1, autocast_dtype: torch.dtype | None = None, timer: StageTimer | None = None,
@@ -81,12 +87,16 @@ class VideoPipeline:
         components.check_checkpoint_dir(config, ckpt_dir, task)
         timer = timer or StageTimer(placement.device)
         with timer.stage('load'):
+            resolve_in_background(placement.device)  # FA4's import and kernel load hide behind loading
             text_encoder = components.load_text_encoder(config, ckpt_dir)
+            if parallel is None:
+                placement.prepare_text_encoder(text_encoder.model)
             vae = components.load_vae(config, ckpt_dir, placement.device, vae_dtype)
             dtype = config.param_dtype if convert_model_dtype else None
             if parallel is None:
                 experts = {name: components.load_dit(folder, dtype, placement.dit_load_device)
                            for name, folder in components.dit_folders(config, ckpt_dir).items()}
+                placement.prepare(high_noise_first(experts))
             else:  # multi-process: CPU (memory-mapped) weights in; seams, FSDP shards or a device move out
                 if parallel.config.dit_fsdp:
                     dtype = None  # FSDP gathers in bf16 itself, as the reference (spec 10.1)
@@ -135,8 +145,7 @@ class VideoPipeline:
         guide = request.guide_scale
         guide_scale = (float(guide), float(guide)) if isinstance(guide, (int, float)) else tuple(guide)
 
-        # the high-noise expert runs first (spec 7.1); host copies for the swaps start building now
-        self.placement.prepare(sorted(self.experts.values(), key=lambda m: m is not self.experts.get(HIGH)))
+        self.placement.prepare(high_noise_first(self.experts))  # built since loading, unless made otherwise
         with self.timer.stage('text'):
             context, context_null = self.encode_prompts(request.prompt, negative_prompt)
         # noise from a generator on the target device, seeded with the seed (spec 15.15)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import queue
 import threading
 import time
 import weakref
@@ -139,6 +140,9 @@ class Placement:
                                              repr=False, compare=False)
     _pending: weakref.WeakKeyDictionary = field(default_factory=weakref.WeakKeyDictionary, init=False,
                                                 repr=False, compare=False)  # module -> Future[HostCopy]
+    _jobs: queue.SimpleQueue = field(default_factory=queue.SimpleQueue, init=False, repr=False,
+                                     compare=False)  # (module, Future) for the builder thread, in order
+    _builder: threading.Thread | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self):
         self.device = torch.device(self.device)
@@ -189,27 +193,39 @@ class Placement:
         return host
 
     def prepare(self, experts: list[nn.Module]) -> None:
-        """Build, one after another in a background thread, the host copies that `activate` will
-        need for `experts` (in the order given: the first needed first), so that text encoding
-        and the first expert's steps hide the building; `move` waits for a copy not yet done."""
-        if not (self.keeps_host_copies and (len(experts) > 1 or self.offload_model)):
-            return
-        jobs = [(m, Future()) for m in experts
-                if m not in self._host and m not in self._pending and module_device(m) == CPU]
-        if not jobs:
-            return
-        for module, future in jobs:
-            self._pending[module] = future
+        """Build, in a background thread, the host copies that `activate` will need for `experts`
+        (in the order given: the first needed first), so that loading, text encoding and the first
+        expert's steps hide the building; `move` waits for a copy not yet done."""
+        if self.keeps_host_copies and (len(experts) > 1 or self.offload_model):
+            self._build_in_background(experts)
 
-        def build() -> None:
-            for module, future in jobs:
-                future.set_running_or_notify_cancel()
-                try:
-                    future.set_result(self._host_copy(module))
-                except BaseException as exc:  # raised where the copy is needed (`move`)
-                    future.set_exception(exc)
-        # a daemon thread: an interrupted run exits at once instead of finishing the copies
-        threading.Thread(target=build, name='host-copy', daemon=True).start()
+    def prepare_text_encoder(self, module: nn.Module) -> None:
+        """With `offload_model`, start building the text encoder's host copy (queued before anything
+        prepared later), so that loading the other models hides it."""
+        if self.keeps_host_copies and self.offload_model and not self.t5_cpu:
+            self._build_in_background([module])
+
+    def _build_in_background(self, modules: list[nn.Module]) -> None:
+        for module in modules:
+            if module in self._host or module in self._pending or module_device(module) != CPU:
+                continue
+            self._pending[module] = future = Future()
+            self._jobs.put((module, future))
+        if self._builder is None and self._pending:
+            # one daemon thread, building one copy at a time in the order asked: an interrupted run
+            # exits at once instead of finishing the copies
+            self._builder = threading.Thread(target=self._build_queued, name='host-copy', daemon=True)
+            self._builder.start()
+
+    def _build_queued(self) -> None:
+        while True:
+            module, future = self._jobs.get()
+            future.set_running_or_notify_cancel()
+            try:
+                future.set_result(self._host_copy(module))
+            except BaseException as exc:  # raised where the copy is needed (`move`)
+                future.set_exception(exc)
+            del module, future  # hold no model while waiting for the next job
 
     @contextlib.contextmanager
     def text_encoder(self, module: nn.Module) -> Iterator[torch.device]:
