@@ -61,6 +61,21 @@ def _(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     return x.new_empty(*x.shape[:-1], weight.size(0))
 
 
+_kernels = None  # wan.modules.kernels once a CUDA forward has loaded it; False where triton is missing
+HALF_DTYPES = (torch.bfloat16, torch.float16)
+
+
+def _load_kernels() -> None:
+    """Import the Triton kernels once (eagerly, before a compiled block is traced)."""
+    global _kernels
+    if _kernels is None:
+        try:
+            from . import kernels
+            _kernels = kernels
+        except ImportError:
+            _kernels = False
+
+
 def _to_device(tensor: Tensor, device: torch.device) -> Tensor:
     """A small host tensor to `device` without waiting: a CUDA copy from pinned memory is queued."""
     if device.type == 'cuda' and tensor.device.type == 'cpu':
@@ -200,12 +215,18 @@ class WanSelfAttention(_Projections):
         device_type = x.device.type
         if torch.is_autocast_enabled(device_type):  # the cast autocast makes for each of q, k, v, once
             x = x.to(torch.get_autocast_dtype(device_type))
-        q = self.heads(self.norm_q(self.q(x)))
-        k = self.heads(self.norm_k(self.k(x)))
-        v = self.heads(self.v(x))
-        # q/k in v's dtype: what attention casts them to on CUDA anyway (spec 4), so its output
-        # needs no fp32 round trip before `o`
-        q, k = rope_apply(q, freqs).type_as(v), rope_apply(k, freqs).type_as(v)
+        q, k, v = self.q(x), self.k(x), self.v(x)
+        if (_kernels and q.is_cuda and q.dtype in HALF_DTYPES and k.dtype == v.dtype == q.dtype
+                and isinstance(self.norm_q, WanRMSNorm) and freqs.is_contiguous()):
+            # one Triton pass each for norm + RoPE, rounding where the lines below round
+            q = torch.ops.wan.rms_norm_rope(q, self.norm_q.weight, freqs, self.norm_q.eps)
+            k = torch.ops.wan.rms_norm_rope(k, self.norm_k.weight, freqs, self.norm_k.eps)
+            q, k, v = self.heads(q), self.heads(k), self.heads(v)
+        else:
+            q, k, v = self.heads(self.norm_q(q)), self.heads(self.norm_k(k)), self.heads(v)
+            # q/k in v's dtype: what attention casts them to on CUDA anyway (spec 4), so its output
+            # needs no fp32 round trip before `o`
+            q, k = rope_apply(q, freqs).type_as(v), rope_apply(k, freqs).type_as(v)
         return self.o(self.attn_fn(q, k, v, k_lens=k_lens).flatten(2))
 
 
@@ -331,6 +352,8 @@ class WanModel(nn.Module):
         if y is not None:
             x = [torch.cat([u, v]) for u, v in zip(x, y, strict=True)]
 
+        if x[0].is_cuda:
+            _load_kernels()
         patches = [self.patch_embedding(u.unsqueeze(0)) for u in x]  # [1, C, F, H, W] each
         grids = [tuple(p.shape[2:]) for p in patches]
         seq_lens = [math.prod(g) for g in grids]
