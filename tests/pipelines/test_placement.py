@@ -153,7 +153,8 @@ def test_prepare_builds_host_copies_in_the_background_in_order(recorded_host_cop
         return original(self, module)
     placement = Placement(GPU, offload_model=True, host_copies=True)
     with mock.patch.object(Placement, '_host_copy', recording):
-        placement.prepare([experts[HIGH], experts[LOW]])
+        placement.prepare([experts[HIGH]], swapping=True)  # as loading asks: each expert once loaded
+        placement.prepare([experts[LOW]], swapping=True)
         placement.prepare([experts[HIGH], experts[LOW]])  # already pending: nothing new
         _, log, resident = run_schedule(placement, [HIGH, LOW], experts)
     assert [name for name, _ in builders] == [HIGH, LOW]  # the first needed first, each once
@@ -211,6 +212,10 @@ def test_prepare_does_nothing_where_no_host_copy_is_kept(recorded_host_copies):
         experts = fake_experts(names)
         placement.prepare(list(experts.values()))
         assert not placement._pending
+    experts = fake_experts()  # one expert of two, told that they do not take turns
+    placement = Placement(GPU, host_copies=True)
+    placement.prepare([experts[HIGH]], swapping=False)
+    assert not placement._pending
 
 
 def test_an_expert_born_on_the_gpu_leaves_through_its_new_host_copy(recorded_host_copies):

@@ -94,9 +94,11 @@ class VideoPipeline:
             vae = components.load_vae(config, ckpt_dir, placement.device, vae_dtype)
             dtype = config.param_dtype if convert_model_dtype else None
             if parallel is None:
-                experts = {name: components.load_dit(folder, dtype, placement.dit_load_device)
-                           for name, folder in components.dit_folders(config, ckpt_dir).items()}
-                placement.prepare(high_noise_first(experts))
+                folders = components.dit_folders(config, ckpt_dir)  # the high-noise expert first
+                experts = {}
+                for name, folder in folders.items():  # each host copy builds while the next loads
+                    experts[name] = components.load_dit(folder, dtype, placement.dit_load_device)
+                    placement.prepare([experts[name]], swapping=len(folders) > 1)
             else:  # multi-process: CPU (memory-mapped) weights in; seams, FSDP shards or a device move out
                 if parallel.config.dit_fsdp:
                     dtype = None  # FSDP gathers in bf16 itself, as the reference (spec 10.1)

@@ -192,11 +192,13 @@ class Placement:
                  time.perf_counter() - start)
         return host
 
-    def prepare(self, experts: list[nn.Module]) -> None:
+    def prepare(self, experts: list[nn.Module], swapping: bool | None = None) -> None:
         """Build, in a background thread, the host copies that `activate` will need for `experts`
         (in the order given: the first needed first), so that loading, text encoding and the first
-        expert's steps hide the building; `move` waits for a copy not yet done."""
-        if self.keeps_host_copies and (len(experts) > 1 or self.offload_model):
+        expert's steps hide the building; `move` waits for a copy not yet done. `swapping`: whether
+        the pipeline's experts take turns on the device (default: more than one given)."""
+        swapping = len(experts) > 1 if swapping is None else swapping
+        if self.keeps_host_copies and (swapping or self.offload_model):
             self._build_in_background(experts)
 
     def prepare_text_encoder(self, module: nn.Module) -> None:
