@@ -19,6 +19,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from bench.common import environment, write_result  # noqa: E402
+from wan.modules import attention as attention_module  # noqa: E402
 from wan.modules.attention import attention  # noqa: E402
 
 # name -> (query tokens, key tokens, heads); head dim 128 everywhere
@@ -57,7 +58,7 @@ def main() -> None:
         calls = {b: (lambda b=b: attention(q, k, v, backend=b)) for b in args.backends.split(',')}
         if 'fa4' in calls:
             from flash_attn.cute.interface import flash_attn_func
-            calls['fa4 direct'] = lambda: flash_attn_func(q, k, v)
+            calls['fa4 direct'] = lambda: attention_module._first(flash_attn_func(q, k, v))
         for tile in filter(None, args.fa4_tiles.split(',')):
             from flash_attn.cute.interface import _flash_attn_fwd
             m, n = (int(s) for s in tile.split('x'))
