@@ -532,3 +532,29 @@ def test_feed_forward_runs_the_gelu_in_the_matmul_epilogue_rounding_once():
         return ((a.float() - exact).norm() / exact.norm()).item()
     assert error(fused_hidden) < 0.8 * error(unfused_hidden)
     torch.testing.assert_close(out, unfused_out, rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize('builds', [True, False])
+def test_triton_kernels_used_only_when_they_build(monkeypatch, caplog, builds):
+    """A Triton that cannot build the kernels (old version, no compiler) means the PyTorch path
+    with one warning, not a failed forward."""
+    import sys
+    import types
+
+    from wan.modules import model as model_module
+    calls = []
+
+    def rms_norm_rope(x, weight, freqs, eps):
+        calls.append(x.shape)
+        if not builds:
+            raise RuntimeError('cannot compile')
+        return x
+    monkeypatch.setitem(sys.modules, 'wan.modules.kernels', types.SimpleNamespace(rms_norm_rope=rms_norm_rope))
+    monkeypatch.setattr(model_module, '_kernels', None)
+    with caplog.at_level('WARNING', logger='wan.modules.model'):
+        model_module._load_kernels(torch.device('cpu'))
+        model_module._load_kernels(torch.device('cpu'))  # decided once
+    assert calls == [(1, 2, 256)]
+    assert (model_module._kernels is sys.modules['wan.modules.kernels']) == builds
+    assert (model_module._kernels is False) != builds
+    assert ('Triton kernels unusable (cannot compile)' in caplog.text) != builds

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import logging
 import math
 from pathlib import Path
 
@@ -65,14 +66,21 @@ _kernels = None  # wan.modules.kernels once a CUDA forward has loaded it; False 
 HALF_DTYPES = (torch.bfloat16, torch.float16)
 
 
-def _load_kernels() -> None:
-    """Import the Triton kernels once (eagerly, before a compiled block is traced)."""
+def _load_kernels(device: torch.device) -> None:
+    """Import the Triton kernels once (eagerly, before a compiled block is traced) and run them on
+    a small input, so that a Triton that cannot build them means the PyTorch path, not an error."""
     global _kernels
     if _kernels is None:
         try:
             from . import kernels
+            x = torch.randn(1, 2, 256, device=device, dtype=torch.bfloat16)
+            freqs = torch.view_as_real(torch.ones(1, 2, 1, 64, dtype=torch.complex64, device=device))
+            kernels.rms_norm_rope(x, torch.ones(256, device=device, dtype=torch.bfloat16), freqs, 1e-6)
             _kernels = kernels
         except ImportError:
+            _kernels = False
+        except Exception as exc:  # noqa: BLE001  (installed but unusable here: say so once)
+            logging.getLogger(__name__).warning('Triton kernels unusable (%s); using PyTorch ops', exc)
             _kernels = False
 
 
@@ -353,7 +361,7 @@ class WanModel(nn.Module):
             x = [torch.cat([u, v]) for u, v in zip(x, y, strict=True)]
 
         if x[0].is_cuda:
-            _load_kernels()
+            _load_kernels(x[0].device)
         patches = [self.patch_embedding(u.unsqueeze(0)) for u in x]  # [1, C, F, H, W] each
         grids = [tuple(p.shape[2:]) for p in patches]
         seq_lens = [math.prod(g) for g in grids]
