@@ -549,7 +549,9 @@ def test_triton_kernels_used_only_when_they_build(monkeypatch, caplog, builds):
         if not builds:
             raise RuntimeError('cannot compile')
         return x
-    monkeypatch.setitem(sys.modules, 'wan.modules.kernels', types.SimpleNamespace(rms_norm_rope=rms_norm_rope))
+    fake = types.SimpleNamespace(rms_norm_rope=rms_norm_rope)
+    monkeypatch.setitem(sys.modules, 'wan.modules.kernels', fake)
+    monkeypatch.setattr(sys.modules['wan.modules'], 'kernels', fake, raising=False)  # if imported before
     monkeypatch.setattr(model_module, '_kernels', None)
     with caplog.at_level('WARNING', logger='wan.modules.model'):
         model_module._load_kernels(torch.device('cpu'))
