@@ -258,7 +258,7 @@ class FeedForward(nn.Sequential):
     def forward(self, x: Tensor) -> Tensor:
         first, _, second = self
         dtype = torch.get_autocast_dtype('cuda') if torch.is_autocast_enabled('cuda') else x.dtype
-        if not x.is_cuda or dtype not in (torch.bfloat16, torch.float16):
+        if not x.is_cuda or dtype not in HALF_DTYPES:
             return super().forward(x)
         return second(_linear_gelu_tanh(x.to(dtype), first.weight.to(dtype), first.bias.to(dtype)))
 
