@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
+import torch._dynamo.utils as dynamo_utils  # noqa: E402
 
 from bench.common import bench_device, environment, write_result  # noqa: E402
 
@@ -220,6 +221,15 @@ def placeholder_checkpoint(task: str, folder: Path) -> Path:
     return folder
 
 
+def compile_report() -> dict:
+    """What --compile cost in this run: graphs, inductor's cache hits and misses, seconds compiling."""
+    inductor = dynamo_utils.counters['inductor']
+    return {'graphs': dynamo_utils.counters['stats'].get('unique_graphs', 0),
+            'fx_cache_hits': inductor.get('fxgraph_cache_hit', 0),
+            'fx_cache_misses': inductor.get('fxgraph_cache_miss', 0),
+            'seconds': sum(dynamo_utils.compilation_time_metrics.get('_compile.compile_inner', []))}
+
+
 def run_family(family: str, steps: int, smoke: bool, device: torch.device, work: Path,
                size: str | None = None, extra: tuple[str, ...] = ()) -> dict:
     task, default_size, frames, _ = FAMILIES[family]
@@ -237,6 +247,8 @@ def run_family(family: str, steps: int, smoke: bool, device: torch.device, work:
 
     reports = []
     run_video = cli.run_video
+    dynamo_utils.counters.clear()  # this run's compilation only
+    dynamo_utils.compilation_time_metrics.clear()
 
     def capture(args, parallel=None):
         reports.append(run_video(args, parallel))
@@ -264,6 +276,7 @@ def run_family(family: str, steps: int, smoke: bool, device: torch.device, work:
         'output': {'frames': int(pixels.shape[0]), 'height': int(pixels.shape[1]),
                    'width': int(pixels.shape[2]), 'fps': fps, 'mp4_bytes': out.stat().st_size},
         'summary': report.timer.summary(),
+        'compile': compile_report(),
     }
     out.unlink()
     gc.collect()
@@ -308,6 +321,7 @@ def main() -> None:
             peak = f"{result['peak_gib']:.1f} GiB" if result['peak_gib'] is not None else 'n/a'
             print(f"{family}: {result['summary']}; peak {peak}; output {result['output']}", flush=True)
             print(f"{family} moves: {result['moves_summary']}", flush=True)
+            print(f"{family} compile: {result['compile']}", flush=True)
             results['runs'].append(result)
 
     write_result(f"bench_pipeline{'-smoke' if args.smoke else ''}", results, args.out)

@@ -21,6 +21,7 @@ import inspect
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Sequence
 
 import torch
@@ -148,10 +149,14 @@ def resolve_in_background(device: torch.device | str) -> None:
 
     def select() -> None:
         torch.cuda.set_device(device)  # this thread's probe runs on the device of the run
+        start = time.perf_counter()
         try:
-            resolve_backend(device)
+            name = resolve_backend(device)
         except Exception as exc:  # noqa: BLE001  (the first attention call raises it again)
             logger.debug('background attention selection failed: %s', exc)
+            return
+        logger.info('attention backend %s ready after %.1f s (selected while models load)', name,
+                    time.perf_counter() - start)
     threading.Thread(target=select, name='attention-select', daemon=True).start()
 
 
