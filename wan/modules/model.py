@@ -9,6 +9,9 @@ the linears, convolution and attention run in bf16. The parts named in FP32_ISLA
 in fp32, whatever the weights' dtype and whatever autocast encloses them: their linears run with
 autocast disabled on fp32-cast weights, the rest are elementwise ops on fp32 tensors (which
 autocast leaves alone). The residual stream is fp32 from block 0's first gated add on.
+On CUDA in a half type two fused paths stand in for PyTorch ops, rounding no more often: the FFN's
+GELU in the first matmul's epilogue (`FeedForward`) and self-attention's q/k RMSNorm + RoPE in one
+Triton pass each (`kernels.py`, used once it builds on the machine).
 
 Sequence-parallel seams (identity here): after patch embedding every per-token tensor passes
 through `self.seq_split(tensor, dim)`, and x passes through `self.seq_gather(tensor, dim)` before
