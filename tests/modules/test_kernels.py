@@ -1,4 +1,6 @@
 """wan/modules/kernels.py: the Triton q/k RMSNorm + RoPE against the PyTorch path it replaces (CUDA)."""
+from unittest import mock
+
 import pytest
 import torch
 
@@ -55,3 +57,19 @@ def test_model_uses_the_kernel_on_cuda_within_bf16_rounding(monkeypatch):
         monkeypatch.setattr(model_module, '_kernels', False)
         plain = model(x, t, context, seq_len)[0]
     torch.testing.assert_close(fused, plain, rtol=2e-2, atol=2e-2)
+
+
+def test_training_keeps_the_pytorch_path_and_its_gradients(monkeypatch):
+    """The fused ops have no backward: with gradients enabled (training) the block runs the PyTorch
+    ops, and backward works."""
+    from tests.modules.test_model import inputs, tiny_model
+    model = tiny_model('ti2v').cuda().bfloat16().requires_grad_(True)
+    x, t, context, seq_len, _ = inputs('ti2v')
+    x, context = [u.cuda() for u in x], [u.cuda() for u in context]
+    calls = []
+    monkeypatch.setattr(torch.ops.wan, 'rms_norm_rope', lambda *args: calls.append(1))
+    with torch.autocast('cuda', dtype=torch.bfloat16):
+        with mock.patch('torch._addmm_activation') as fused_ffn:
+            model(x, t, context, seq_len)[0].float().square().mean().backward()
+    assert not calls and not fused_ffn.called
+    assert all(p.grad is not None for p in model.blocks[0].ffn.parameters())

@@ -228,7 +228,8 @@ class WanSelfAttention(_Projections):
             x = x.to(torch.get_autocast_dtype(device_type))
         q, k, v = self.q(x), self.k(x), self.v(x)
         if (_kernels and q.is_cuda and q.dtype in HALF_DTYPES and k.dtype == v.dtype == q.dtype
-                and isinstance(self.norm_q, WanRMSNorm) and freqs.is_contiguous()):
+                and isinstance(self.norm_q, WanRMSNorm) and freqs.is_contiguous()
+                and not torch.is_grad_enabled()):  # inference only: the kernel has no backward
             # one Triton pass each for norm + RoPE, rounding where the lines below round
             q = torch.ops.wan.rms_norm_rope(q, self.norm_q.weight, freqs, self.norm_q.eps)
             k = torch.ops.wan.rms_norm_rope(k, self.norm_k.weight, freqs, self.norm_k.eps)
@@ -253,15 +254,15 @@ class WanCrossAttention(_Projections):
 class FeedForward(nn.Sequential):
     """Linear, tanh GELU, Linear (state-dict keys `0.*` and `2.*`, as the reference's Sequential).
 
-    On CUDA in bf16/fp16 the GELU runs in the first matmul's epilogue: one pass over the
-    [L, ffn_dim] activation instead of three, rounded to the half type once (after the GELU)
-    instead of twice, so closer to the fp32 result than the unfused pair.
+    On CUDA in bf16/fp16, without gradients, the GELU runs in the first matmul's epilogue: one pass
+    over the [L, ffn_dim] activation instead of three, rounded to the half type once (after the
+    GELU) instead of twice, so closer to the fp32 result than the unfused pair.
     """
 
     def forward(self, x: Tensor) -> Tensor:
         first, _, second = self
         dtype = torch.get_autocast_dtype('cuda') if torch.is_autocast_enabled('cuda') else x.dtype
-        if not x.is_cuda or dtype not in HALF_DTYPES:
+        if not x.is_cuda or dtype not in HALF_DTYPES or torch.is_grad_enabled():  # fused: inference only
             return super().forward(x)
         return second(_linear_gelu_tanh(x.to(dtype), first.weight.to(dtype), first.bias.to(dtype)))
 
