@@ -1,6 +1,7 @@
 """attention(): every available backend against a float64 softmax(QK^T)V, with key-padding masks."""
 import logging
 import math
+import shutil
 
 import pytest
 import torch
@@ -156,3 +157,21 @@ def test_cuda_backend_selected_on_a_background_thread_on_the_run_device(monkeypa
             thread.join()
     set_device.assert_called_once_with(torch.device('cuda', 1))
     assert calls == [(None, 'cuda', 'attention-select')]
+
+
+@pytest.mark.skipif(shutil.which('cc') is None, reason='torch.compile on the CPU needs a C compiler')
+def test_compiled_attention_keeps_gradients():
+    """Under torch.compile without gradients attention is one opaque op; with gradients (training)
+    it runs eagerly inside the compiled function, so backward works as without compile."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, 16, 2, 8, requires_grad=True) for _ in range(3))
+    compiled = torch.compile(lambda q, k, v: attention(q, k, v).square().sum(), dynamic=False)
+    compiled(q, k, v).backward()
+    grads = [u.grad.clone() for u in (q, k, v)]
+    for u in (q, k, v):
+        u.grad = None
+    attention(q, k, v).square().sum().backward()
+    for got, expected in zip(grads, (q.grad, k.grad, v.grad)):
+        torch.testing.assert_close(got, expected)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(q, k, v), attention(q, k, v).square().sum())

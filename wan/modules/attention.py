@@ -173,6 +173,8 @@ def attention(q: Tensor, k: Tensor, v: Tensor, k_lens: Tensor | Sequence[int] | 
     """Softmax(q k^T / sqrt(D)) v per head; keys at positions >= k_lens[i] are ignored."""
     assert q.dim() == 4 and k.dim() == 4 and v.dim() == 4, 'expected [B, L, N, D] tensors'
     if torch.compiler.is_compiling():  # one opaque op: the compiled graph runs on around it
+        if torch.is_grad_enabled():  # the op has no backward: the kernel runs eagerly (a graph break)
+            return _attention_eager(q, k, v, k_lens, backend)
         if k_lens is not None and not isinstance(k_lens, Tensor):
             k_lens = torch.tensor(list(k_lens), dtype=torch.int32)
         return _attention_op(q, k, v, k_lens, backend)
@@ -212,3 +214,6 @@ def _attention(q: Tensor, k: Tensor, v: Tensor, k_lens: Tensor | Sequence[int] |
         out = torch.cat([kernel(q[i:i + 1], k[i:i + 1, :n], v[i:i + 1, :n])
                          for i, n in enumerate(lens)])
     return out.to(out_dtype)
+
+
+_attention_eager = torch.compiler.disable(_attention)
