@@ -159,6 +159,10 @@ def test_prepare_builds_host_copies_in_the_background_in_order(recorded_host_cop
         _, log, resident = run_schedule(placement, [HIGH, LOW], experts)
     assert [name for name, _ in builders] == [HIGH, LOW]  # the first needed first, each once
     assert all(thread.startswith('host-copy') for _, thread in builders)
+    builder = placement._builder
+    if builder is not None:
+        builder.join(timeout=10)
+    assert placement._builder is None  # the thread is gone once the queue is empty
     assert resident == [[HIGH], [LOW]]
     # the background build of LOW may land anywhere before LOW is needed
     assert [e for e in log if e[1] != 'host copy'] == [(HIGH, 'copy in', []), (HIGH, 'point back', None),

@@ -143,6 +143,8 @@ class Placement:
     _jobs: queue.SimpleQueue = field(default_factory=queue.SimpleQueue, init=False, repr=False,
                                      compare=False)  # (module, Future) for the builder thread, in order
     _builder: threading.Thread | None = field(default=None, init=False, repr=False, compare=False)
+    _builder_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False,
+                                          compare=False)
 
     def __post_init__(self):
         self.device = torch.device(self.device)
@@ -208,26 +210,32 @@ class Placement:
             self._build_in_background([module])
 
     def _build_in_background(self, modules: list[nn.Module]) -> None:
-        for module in modules:
-            if module in self._host or module in self._pending or module_device(module) != CPU:
-                continue
-            self._pending[module] = future = Future()
-            self._jobs.put((module, future))
-        if self._builder is None and self._pending:
-            # one daemon thread, building one copy at a time in the order asked: an interrupted run
-            # exits at once instead of finishing the copies
-            self._builder = threading.Thread(target=self._build_queued, name='host-copy', daemon=True)
-            self._builder.start()
+        with self._builder_lock:
+            for module in modules:
+                if module in self._host or module in self._pending or module_device(module) != CPU:
+                    continue
+                self._pending[module] = future = Future()
+                self._jobs.put((module, future))
+            if self._builder is None and not self._jobs.empty():
+                # one daemon thread, one copy at a time in the order asked, gone once the queue is
+                # empty; an interrupted run exits at once instead of finishing the copies
+                self._builder = threading.Thread(target=self._build_queued, name='host-copy', daemon=True)
+                self._builder.start()
 
     def _build_queued(self) -> None:
         while True:
-            module, future = self._jobs.get()
+            with self._builder_lock:
+                try:
+                    module, future = self._jobs.get_nowait()
+                except queue.Empty:
+                    self._builder = None
+                    return
             future.set_running_or_notify_cancel()
             try:
                 future.set_result(self._host_copy(module))
             except BaseException as exc:  # raised where the copy is needed (`move`)
                 future.set_exception(exc)
-            del module, future  # hold no model while waiting for the next job
+            del module, future  # hold no model between jobs
 
     @contextlib.contextmanager
     def text_encoder(self, module: nn.Module) -> Iterator[torch.device]:
