@@ -19,10 +19,9 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from bench.bench_dit import COMMON, SMOKE, WORKLOADS, init_random_  # noqa: E402
+from bench.bench_dit import SMOKE, WORKLOADS, dit_inputs, random_dit  # noqa: E402
 from bench.common import bench_device, environment, write_result  # noqa: E402
 from wan.modules.attention import resolve_backend  # noqa: E402
-from wan.modules.model import WanModel  # noqa: E402
 from wan.pipelines.components import compile_dit  # noqa: E402
 
 
@@ -33,22 +32,12 @@ def main() -> None:
     args = parser.parse_args()
     device = bench_device(args.smoke)
     config, latent, per_token = (SMOKE if args.smoke else WORKLOADS)[args.which]
-    config = {**config, **COMMON}
-    with torch.device('meta'):
-        model = WanModel(**config).to(torch.bfloat16)
-    model = model.to_empty(device=device).eval().requires_grad_(False)
-    init_random_(model, config['dim'], seed=0)
+    model = random_dit(config, device)
     start = time.perf_counter()
     backend = resolve_backend(device)  # the attention import and probe, apart from compilation
     select_s = time.perf_counter() - start
     compile_dit(model)
-    _, f, h, w = latent
-    seq_len = f * (h // 2) * (w // 2)
-    x = torch.randn(latent, device=device)
-    context = torch.randn(120, 4096, device=device).to(torch.bfloat16)
-    t = torch.full((1, seq_len), 900) if per_token else torch.tensor([900])
-    if per_token:
-        t[:, :(h // 2) * (w // 2)] = 0
+    x, t, context, seq_len = dit_inputs(latent, per_token, device)
 
     def forward() -> float:
         start = time.perf_counter()

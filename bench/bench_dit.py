@@ -74,6 +74,33 @@ def init_random_(model: torch.nn.Module, dim: int, seed: int) -> None:
         param.normal_(mean, std, generator=generator)
 
 
+def random_dit(config: dict, device: torch.device) -> WanModel:
+    """Our bf16 DiT of `config` (COMMON added) with random weights made on `device`."""
+    config = {**config, **COMMON}
+    with torch.device('meta'):
+        model = WanModel(**config).to(torch.bfloat16)
+    model = model.to_empty(device=device).eval().requires_grad_(False)
+    init_random_(model, config['dim'], seed=0)
+    return model
+
+
+def dit_inputs(latent: tuple[int, ...], per_token: bool, device: torch.device,
+               generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """x [C, T, h, w], t, a 120-token bf16 context and seq_len for one forward. t is on the host,
+    as the pipelines pass it (the forward then never waits for the GPU): per token for TI2V, whose
+    first latent frame has t = 0 (spec 3.7), else one value."""
+    x = torch.randn(latent, device=device, generator=generator)
+    context = torch.randn(TEXT_TOKENS, 4096, device=device, generator=generator).to(torch.bfloat16)
+    _, f, h, w = latent
+    seq_len = f * (h // 2) * (w // 2)
+    if per_token:
+        t = torch.full((1, seq_len), 900, dtype=torch.long)
+        t[:, :(h // 2) * (w // 2)] = 0
+    else:
+        t = torch.tensor([900])
+    return x, t, context, seq_len
+
+
 def timed(fn, repeats: int, device: torch.device) -> tuple[torch.Tensor, list[float], float | None]:
     """One warm-up call, then `repeats` timed calls; returns last output, times, peak GiB."""
     cuda = device.type == 'cuda'
@@ -98,23 +125,9 @@ def run_workload(name: str, config: dict, latent: tuple[int, ...], per_token: bo
     from diffusers import WanTransformer3DModel
 
     from wan.pipelines.components import compile_dit
+    ours = random_dit(config, device)
     config = {**config, **COMMON}
-    with torch.device('meta'):
-        ours = WanModel(**config).to(torch.bfloat16)
-    ours = ours.to_empty(device=device).eval().requires_grad_(False)
-    init_random_(ours, config['dim'], seed=0)
-
-    generator = torch.Generator(device).manual_seed(1)
-    x = torch.randn(latent, device=device, generator=generator)
-    context = torch.randn(TEXT_TOKENS, 4096, device=device, generator=generator).to(torch.bfloat16)
-    c, f, h, w = latent
-    seq_len = f * (h // 2) * (w // 2)
-    # on the host for ours, as the pipelines pass them (the forward then never waits for the GPU)
-    if per_token:  # TI2V: the first latent frame's tokens have t = 0 (spec 3.7)
-        t = torch.full((1, seq_len), 900, dtype=torch.long)
-        t[:, :(h // 2) * (w // 2)] = 0
-    else:
-        t = torch.tensor([900])
+    x, t, context, seq_len = dit_inputs(latent, per_token, device, torch.Generator(device).manual_seed(1))
 
     def ours_forward():
         with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16):

@@ -24,9 +24,8 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
-from bench.bench_dit import COMMON, WORKLOADS, init_random_  # noqa: E402
+from bench.bench_dit import WORKLOADS, dit_inputs, random_dit  # noqa: E402
 from bench.common import environment, write_result  # noqa: E402
-from wan.modules.model import WanModel  # noqa: E402
 from wan.pipelines.components import compile_dit  # noqa: E402
 
 CATEGORIES = (('attention', ('attn', 'fmha', 'flash', 'cudnn', 'sdpa')),
@@ -66,22 +65,10 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device('cuda')
     config, latent, per_token = WORKLOADS[args.which]
-    config = {**config, **COMMON}
-    with torch.device('meta'):
-        model = WanModel(**config).to(torch.bfloat16)
-    model = model.to_empty(device=device).eval().requires_grad_(False)
-    init_random_(model, config['dim'], seed=0)
+    model = random_dit(config, device)
     if args.compile:
         compile_dit(model)
-    c, f, h, w = latent
-    seq_len = f * (h // 2) * (w // 2)
-    x = torch.randn(latent, device=device)
-    context = torch.randn(120, 4096, device=device).to(torch.bfloat16)
-    t = torch.full((1, seq_len), 900, dtype=torch.long)
-    if per_token:
-        t[:, :(h // 2) * (w // 2)] = 0
-    else:
-        t = t[:, 0]
+    x, t, context, seq_len = dit_inputs(latent, per_token, device)
 
     def forward():
         with torch.no_grad(), torch.autocast('cuda', dtype=torch.bfloat16):

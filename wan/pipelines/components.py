@@ -100,9 +100,11 @@ def load_dit(folder: str | Path, dtype: torch.dtype | None, device: torch.device
 
 def compile_dit(model: nn.Module) -> nn.Module:
     """Regional torch.compile: every transformer block compiled in place, in the spirit of diffusers'
-    `compile_repeated_blocks`. The blocks share one code object, so one compilation serves all of
-    them (and both A14B experts); attention stays the eager kernel (see `attention`). Elementwise
-    fp32 islands are fused, so results match the eager path up to fp32 rounding."""
+    `compile_repeated_blocks`. The blocks share one code object, so two compiled graphs serve all
+    of them (block 0, whose input is the bf16 patch embedding, and the blocks after it, whose input
+    is the fp32 residual stream) and both A14B experts; attention is one opaque operator in them
+    (see `attention`). Elementwise fp32 islands are fused, so results match the eager path up to
+    fp32 rounding."""
     for block in model.blocks:
         block.compile(dynamic=False)
     return model
