@@ -36,9 +36,18 @@ def bench_device(smoke: bool):
 
 def environment(device) -> dict:
     """The header of a result: device name ('cpu' off the GPU), torch, CUDA and Python versions."""
+    from importlib import metadata
+
     import torch
+    versions = {}
+    for package in ('flash-attn-4', 'fa3-fwd', 'flash-attn', 'triton', 'diffusers'):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            pass
     return {'device': torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu',
-            'torch': torch.__version__, 'cuda': torch.version.cuda, 'python': sys.version.split()[0]}
+            'torch': torch.__version__, 'cuda': torch.version.cuda, 'python': sys.version.split()[0],
+            'packages': versions}
 
 
 def write_result(stem: str, record: dict, out_dir: Path | None = None) -> Path:

@@ -125,6 +125,26 @@ def test_cuda_only_backend_refused_on_cpu(backend):
         attention(q, k, v, backend=backend)
 
 
+def test_fa3_loads_from_the_forward_only_wheel_when_upstream_is_missing(monkeypatch):
+    import sys
+    import types
+    calls = []
+
+    def flash_attn_func(q, k, v):
+        calls.append((q, k, v))
+        return q + 1, None  # (out, lse) as FA3 returns it
+
+    monkeypatch.setitem(sys.modules, 'flash_attn_interface', None)  # import raises ImportError
+    monkeypatch.setitem(sys.modules, 'fa3_fwd_interface',
+                        types.SimpleNamespace(flash_attn_func=flash_attn_func))
+    q = torch.zeros(1, 2, 1, 4)
+    out = attention_module._load_flash('fa3')(q, q, q)
+    assert len(calls) == 1 and torch.equal(out, q + 1)
+    monkeypatch.setitem(sys.modules, 'fa3_fwd_interface', None)
+    with pytest.raises(ImportError):
+        attention_module._load_flash('fa3')
+
+
 @pytest.mark.parametrize('k_lens', [[0, 13, 13], [14, 13, 13], [13, 13]])
 def test_bad_lengths(k_lens):
     q, k, v = random_qkv()

@@ -3,7 +3,8 @@
 Shapes follow flash-attn: q [B, Lq, N, D], k/v [B, Lk, N, D] -> out [B, Lq, N, D] in q's dtype.
 Only exact kernels are used. The backend is chosen once per device type (and logged once):
 
-  CUDA: fa4 (FlashAttention-4, CuTe) -> fa3 (`flash_attn_interface`) -> fa2 (`flash_attn`)
+  CUDA: fa4 (FlashAttention-4, CuTe) -> fa3 (`flash_attn_interface` or `fa3_fwd_interface`)
+        -> fa2 (`flash_attn`)
         -> sdpa (PyTorch SDPA preferring cuDNN, then flash, memory-efficient, math)
   CPU:  sdpa (PyTorch chooses)
 
@@ -52,8 +53,11 @@ def _load_flash(name: str) -> Kernel:
         # keep FA4's compiled kernels on disk (read at import): a later run skips ~1.6 s per shape
         os.environ.setdefault('FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED', '1')
         from flash_attn.cute.interface import flash_attn_func
-    elif name == 'fa3':
-        from flash_attn_interface import flash_attn_func
+    elif name == 'fa3':  # upstream's Hopper build, else the forward-only wheel `fa3-fwd`
+        try:
+            from flash_attn_interface import flash_attn_func
+        except ImportError:
+            from fa3_fwd_interface import flash_attn_func
     else:  # fa2; FlashAttention-4 installs a namespace `flash_attn` without this function
         from flash_attn import flash_attn_func
     return lambda q, k, v: _first(flash_attn_func(q, k, v))
