@@ -145,6 +145,24 @@ def test_fa3_loads_from_the_forward_only_wheel_when_upstream_is_missing(monkeypa
         attention_module._load_flash('fa3')
 
 
+@pytest.mark.parametrize('capability, installed, expected', [
+    ((9, 0), {'fa4', 'fa3', 'fa2'}, 'fa3'), ((9, 0), {'fa4', 'fa2'}, 'fa4'),
+    ((10, 0), {'fa4', 'fa3', 'fa2'}, 'fa4'), ((8, 0), {'fa3', 'fa2'}, 'fa3'), ((8, 9), set(), 'sdpa')])
+def test_automatic_cuda_choice_by_compute_capability(monkeypatch, capability, installed, expected):
+    def load(name):
+        if name not in installed:
+            raise ImportError(name)
+        return lambda q, k, v: q
+    monkeypatch.setattr(attention_module, '_load_flash', load)
+    monkeypatch.setattr(attention_module, '_probe', lambda kernel, device_type: None)
+    monkeypatch.setattr(torch.cuda, 'get_device_capability', lambda device=None: capability)
+    attention_module._select.cache_clear()
+    try:
+        assert attention_module._select(None, 'cuda')[0] == expected
+    finally:
+        attention_module._select.cache_clear()
+
+
 @pytest.mark.parametrize('k_lens', [[0, 13, 13], [14, 13, 13], [13, 13]])
 def test_bad_lengths(k_lens):
     q, k, v = random_qkv()

@@ -10,7 +10,7 @@ from torch import nn
 from wan.pipelines import placement as placement_module
 from wan.pipelines.components import load_dit
 from wan.pipelines.denoise import DENSE, HIGH, LOW
-from wan.pipelines.placement import ALIGN, CPU, HostCopy, Placement, module_device
+from wan.pipelines.placement import ALIGN, CPU, HostCopy, Placement, lock_ranges, module_device
 from tests.tiny.dit import write_dit_checkpoint
 
 GPU = torch.device('cuda:0')
@@ -365,6 +365,24 @@ def test_host_copy_keeps_converted_dtypes_of_a_loaded_dit(tmp_path):
     assert torch.equal(run(), expected)
 
 
+@pytest.mark.parametrize('sizes, chunk, pieces', [([100, 100, 100, 100], 250, 2), ([1000, 100], 250, 2),
+                                                  ([0, 512, 512], 256, 2), ([64] * 50, 10_000, 1),
+                                                  ([300], 100, 1), ([64] * 50, 640, 5)])
+def test_lock_ranges_cover_the_copy_in_pieces_cut_between_tensors(sizes, chunk, pieces):
+    starts = [sum(sizes[:i]) for i in range(len(sizes))]
+    total = sum(sizes)
+    ranges = lock_ranges(starts, total, chunk)
+    assert ranges[0][0] == 0 and ranges[-1][1] == total
+    assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))  # contiguous, no overlap
+    for begin, end in ranges:
+        assert begin in starts and end > begin
+        inner = [s for s in starts if begin < s < end]
+        assert end - begin <= chunk or not inner  # over `chunk` only when one tensor is larger
+    for start, size in zip(starts, sizes):  # every tensor inside one range
+        assert any(begin <= start and start + size <= end for begin, end in ranges)
+    assert len(ranges) == pieces
+
+
 def test_cpu_only_nothing_moves_nothing_is_copied():
     experts = {HIGH: Tied(), LOW: Tied()}
     t5 = Tied()
@@ -382,7 +400,9 @@ def test_cpu_only_nothing_moves_nothing_is_copied():
 # -- the real thing -------------------------------------------------------------------------------
 
 @needs_cuda
-def test_pinned_swap_on_the_gpu():
+@pytest.mark.parametrize('chunk', [placement_module.PAGE_LOCK_CHUNK, 2**20])  # one piece; one per tensor
+def test_pinned_swap_on_the_gpu(chunk, monkeypatch):
+    monkeypatch.setattr(placement_module, 'PAGE_LOCK_CHUNK', chunk)
     torch.manual_seed(0)
     experts = {name: nn.Sequential(*[nn.Linear(1024, 1024) for _ in range(4)]).requires_grad_(False)
                for name in (HIGH, LOW)}

@@ -4,7 +4,8 @@ Shapes follow flash-attn: q [B, Lq, N, D], k/v [B, Lk, N, D] -> out [B, Lq, N, D
 Only exact kernels are used. The backend is chosen once per device type (and logged once):
 
   CUDA: fa4 (FlashAttention-4, CuTe) -> fa3 (`flash_attn_interface` or `fa3_fwd_interface`)
-        -> fa2 (`flash_attn`)
+        -> fa2 (`flash_attn`); on Hopper (sm90) fa3 first: as fast as fa4 on self-attention, faster
+        on cross-attention, and nothing to compile at the first call (bench/NOTES.md, session 4)
         -> sdpa (PyTorch SDPA preferring cuDNN, then flash, memory-efficient, math)
   CPU:  sdpa (PyTorch chooses)
 
@@ -112,7 +113,7 @@ def _select(name: str | None, device_type: str) -> tuple[str, Kernel]:
         logger.info('attention backend: %s on %s (forced)', name, device_type)
         return name, kernel
     if device_type == 'cuda':
-        for candidate in FLASH_BACKENDS:
+        for candidate in flash_order(torch.cuda.get_device_capability()):
             try:
                 kernel = _load_flash(candidate)
                 _probe(kernel, device_type)
@@ -127,6 +128,11 @@ def _select(name: str | None, device_type: str) -> tuple[str, Kernel]:
     logger.info('attention backend: sdpa on %s%s', device_type,
                 ' (cuDNN first)' if device_type == 'cuda' else '')
     return 'sdpa', _sdpa_kernel('sdpa', device_type)
+
+
+def flash_order(capability: tuple[int, int]) -> tuple[str, ...]:
+    """The flash backends to try, fastest first, on a GPU of compute `capability`."""
+    return ('fa3', 'fa4', 'fa2') if capability[0] == 9 else FLASH_BACKENDS
 
 
 _select_lock = threading.Lock()

@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 CPU = torch.device('cpu')
 ALIGN = 512  # bytes: each tensor of a host copy starts at a multiple (the CUDA allocator's granularity)
+PAGE_LOCK_CHUNK = 256 * 2**20  # bytes page-locked per driver call (see _page_lock)
 _REGISTER_PORTABLE = 1  # cudaHostRegisterPortable: page-locked for every CUDA context of the process
 
 
@@ -56,13 +57,38 @@ def _alias_groups(module: nn.Module) -> list[list[torch.Tensor]]:
     return list(groups.values())
 
 
-def _page_lock(buffer: torch.Tensor, device: torch.device) -> bool:
-    """cudaHostRegister `buffer` in place; False if CUDA refuses. The call runs on a helper thread, so a
-    refusal's error stays in that thread's CUDA error state instead of surfacing at our next kernel."""
+def lock_ranges(starts: list[int], total: int, chunk: int) -> list[tuple[int, int]]:
+    """Split bytes [0, total) of a host copy into ranges of at most `chunk` bytes (or one tensor, if
+    larger), cut only where a tensor starts (`starts`, ascending from 0), so each tensor lies in one
+    range: a copy to the GPU then reads from one registration."""
+    ranges, begin, end = [], 0, 0
+    for start in [*starts[1:], total]:  # `end` grows tensor by tensor while the range fits
+        if start - begin > chunk and end > begin:
+            ranges.append((begin, end))
+            begin = end
+        end = start
+    if end > begin:
+        ranges.append((begin, end))
+    return ranges
+
+
+def _page_lock(buffer: torch.Tensor, ranges: list[tuple[int, int]], device: torch.device) -> bool:
+    """cudaHostRegister `buffer` in place, one range per call; False (nothing left registered) if
+    CUDA refuses. The driver holds process-wide locks while it pins, so other threads' CUDA calls
+    (the denoise loop's kernel launches) wait for each call: pieces of PAGE_LOCK_CHUNK bytes keep
+    those waits short. The calls run on a helper thread, so a refusal's error stays in that thread's
+    CUDA error state instead of surfacing at our next kernel."""
     def register() -> int:
         with torch.cuda.device(device):
             cudart = torch.cuda.cudart()
-            return int(cudart.cudaHostRegister(buffer.data_ptr(), buffer.nbytes, _REGISTER_PORTABLE))
+            for done, (begin, end) in enumerate(ranges):
+                error = int(cudart.cudaHostRegister(buffer.data_ptr() + begin, end - begin, _REGISTER_PORTABLE))
+                if error:
+                    for registered, _ in ranges[:done]:
+                        cudart.cudaHostUnregister(buffer.data_ptr() + registered)
+                    return error
+                time.sleep(0.001)  # let a waiting thread take the driver's lock between pieces
+            return 0
     with ThreadPoolExecutor(1) as pool:
         error = pool.submit(register).result()
     if error:
@@ -71,8 +97,9 @@ def _page_lock(buffer: torch.Tensor, device: torch.device) -> bool:
     return not error
 
 
-def _unregister(buffer: torch.Tensor) -> None:
-    torch.cuda.cudart().cudaHostUnregister(buffer.data_ptr())
+def _unregister(buffer: torch.Tensor, ranges: list[tuple[int, int]]) -> None:
+    for begin, _ in ranges:
+        torch.cuda.cudart().cudaHostUnregister(buffer.data_ptr() + begin)
 
 
 class HostCopy:
@@ -104,9 +131,10 @@ class HostCopy:
             for tensor in tensors:  # one at a time: the old storage goes as the copy grows
                 tensor.data = host
         # page-locked once filled: locking first would fault in the whole buffer while the old storage lives
-        self.pinned = pin_for is not None and total > 0 and _page_lock(self.buffer, pin_for)
+        ranges = lock_ranges(offsets, total, PAGE_LOCK_CHUNK)
+        self.pinned = pin_for is not None and total > 0 and _page_lock(self.buffer, ranges, pin_for)
         if self.pinned:
-            weakref.finalize(self, _unregister, self.buffer).atexit = False
+            weakref.finalize(self, _unregister, self.buffer, ranges).atexit = False
 
     @property
     def nbytes(self) -> int:
