@@ -25,6 +25,7 @@ import datetime
 import gc
 import itertools
 import shlex
+import statistics
 import sys
 import tempfile
 import time
@@ -285,6 +286,25 @@ def run_family(family: str, steps: int, smoke: bool, device: torch.device, work:
     return result
 
 
+FULL_STEPS = {'5b': 50, 'a14b': 40}  # the tasks' default sample_steps
+
+
+def extrapolate(result: dict, steps: int) -> dict:
+    """A `steps`-step run from a short one: text + step 0 + (steps - 1) x the median later step
+    (expert swaps taken out) + the swaps + decode + save; loading not counted (random weights here)."""
+    swap_in = {s['step']: s['seconds'] for s in result['expert_swaps']}
+    later = [s['seconds'] - swap_in.get(s['index'], 0.0) for s in result['steps'][1:]]
+    if not later:
+        return {}
+    stages = result['stages']
+    step = statistics.median(later)
+    seconds = (stages['text']['seconds'] + result['steps'][0]['seconds'] + (steps - 1) * step
+               + sum(v for k, v in swap_in.items() if k > 0)
+               + stages['decode']['seconds'] + stages['save']['seconds'])
+    return {'steps': steps, 'seconds': seconds, 'minutes': seconds / 60, 'steady_step_s': step,
+            'step0_extra_s': result['steps'][0]['seconds'] - step}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--family', choices=['5b', 'a14b', 'both'], default='both')
@@ -322,6 +342,12 @@ def main() -> None:
             print(f"{family}: {result['summary']}; peak {peak}; output {result['output']}", flush=True)
             print(f"{family} moves: {result['moves_summary']}", flush=True)
             print(f"{family} compile: {result['compile']}", flush=True)
+            result['extrapolated'] = extrapolate(result, FULL_STEPS[family])
+            if result['extrapolated']:
+                e = result['extrapolated']
+                print(f"{family} extrapolated to {e['steps']} steps: {e['seconds']:.1f} s ({e['minutes']:.2f} min; "
+                      f"steady step {e['steady_step_s']:.3f} s, step 0 {e['step0_extra_s']:+.2f} s over it)",
+                      flush=True)
             results['runs'].append(result)
 
     write_result(f"bench_pipeline{'-smoke' if args.smoke else ''}", results, args.out)
