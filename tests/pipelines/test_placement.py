@@ -411,7 +411,9 @@ def test_pinned_swap_on_the_gpu(chunk, monkeypatch):
     expert_bytes = sum(p.nbytes for p in experts[HIGH].parameters())
     placement = Placement(torch.device('cuda'), offload_model=True)
     assert placement.device == torch.device('cuda', torch.cuda.current_device())
-    torch.ones(8, 8, device='cuda') @ torch.ones(8, 8, device='cuda')  # cuBLAS's workspace stays allocated
+    # cuBLAS's and cuBLASLt's workspaces (a matmul, a linear with bias) stay allocated once made
+    torch.ones(8, 8, device='cuda') @ torch.ones(8, 8, device='cuda')
+    nn.Linear(8, 8, device='cuda')(torch.ones(3, 8, device='cuda'))
     base = torch.cuda.memory_allocated()
     host_ptrs = []
     for _ in range(2):
