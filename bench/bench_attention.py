@@ -3,6 +3,7 @@ FA4 called directly, in TFLOP/s (4 * Lq * Lk * heads * head_dim FLOPs per call).
 
   python bench/bench_attention.py [--backends sdpa_cudnn,sdpa_flash,fa4] [--repeats 10]
   python bench/bench_attention.py --backends fa4 --fa4_tiles 128x128,128x176  # FA4 tile sizes
+  python bench/bench_attention.py --backends fa3,fa3_fp8   # the opt-in FP8 mode: speed and error vs fa3
 
 Writes one JSON file to $OUT (default bench/results).
 """

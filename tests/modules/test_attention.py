@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from wan.modules import attention as attention_module
-from wan.modules.attention import BACKENDS, ENV_VAR, attention, resolve_backend
+from wan.modules.attention import (BACKENDS, ENV_VAR, FP8_MAX, LOSSY_BACKENDS, attention, flash_order, fp8_inputs,
+                                  quantize_fp8, resolve_backend)
 
 DEVICE = 'cuda' if torch.cuda.is_available() else 'cpu'
 # CUDA computes in bf16 (the reference's half()); the CPU keeps fp32
@@ -18,6 +19,8 @@ TOL = dict(rtol=2e-2, atol=2e-2) if DEVICE == 'cuda' else dict(rtol=1e-5, atol=1
 def available_backends() -> list[str]:
     names = []
     for name in BACKENDS:
+        if name in LOSSY_BACKENDS:  # tested on their own below, against their own error bound
+            continue
         try:
             resolve_backend(DEVICE, name)
         except ValueError:
@@ -118,7 +121,7 @@ def test_unknown_backend_is_an_error():
 
 
 @pytest.mark.skipif(DEVICE == 'cuda', reason='checks the CPU refusal of CUDA-only kernels')
-@pytest.mark.parametrize('backend', ['fa4', 'fa3', 'fa2', 'sdpa_cudnn', 'sdpa_efficient'])
+@pytest.mark.parametrize('backend', ['fa4', 'fa3', 'fa2', 'fa3_fp8', 'sdpa_cudnn', 'sdpa_efficient'])
 def test_cuda_only_backend_refused_on_cpu(backend):
     q, k, v = random_qkv()
     with pytest.raises(ValueError, match=f"'{backend}' needs a CUDA device"):
@@ -161,6 +164,57 @@ def test_automatic_cuda_choice_by_compute_capability(monkeypatch, capability, in
         assert attention_module._select(None, 'cuda')[0] == expected
     finally:
         attention_module._select.cache_clear()
+
+
+def test_lossy_backends_are_never_chosen_automatically():
+    for capability in ((8, 0), (9, 0), (10, 0), (12, 0)):
+        assert not set(flash_order(capability)) & set(LOSSY_BACKENDS)
+
+
+def test_quantize_fp8_one_scale_per_sample_and_head_within_e4m3_rounding():
+    q, _, _ = random_qkv(batch=2, len_q=40, heads=3, head_dim=16)
+    q[1, :, 2] *= 100  # one head far larger: its own scale
+    q8, scale = quantize_fp8(q)
+    assert q8.dtype == torch.float8_e4m3fn and q8.shape == q.shape and scale.shape == (2, 3)
+    back = q8.float() * scale[:, None, :, None]
+    assert torch.equal(q8.float().abs().amax(dim=(1, 3)), torch.full((2, 3), FP8_MAX))
+    # e4m3 keeps 3 mantissa bits: half a step is 2^-4 relative; below 2^-6 it is subnormal (step 2^-9)
+    bound = torch.maximum(q.abs() / 16, scale[:, None, :, None] * 2.0**-10)
+    assert ((back - q).abs() <= bound * (1 + 1e-6)).all()
+
+
+def test_fp8_inputs_emulated_error_against_exact_attention():
+    """What fa3_fp8 computes, emulated on the CPU in float64 from the dequantized FP8 inputs (the
+    kernel also rounds the probabilities to FP8): within a few percent, and the smoothing helps."""
+    q, k, v = random_qkv(batch=2, len_q=64, len_k=80, heads=2, head_dim=32)
+    bias = torch.randn(2, 1, 1, 2, 32, generator=torch.Generator().manual_seed(1))
+    k, v = k + 3.0 * bias[0], v + 3.0 * bias[1]  # a bias per channel, as projections give
+    exact = reference(q, k, v)
+    q8, k8, v8, qs, ks, vs, v_mean = fp8_inputs(q, k, v)
+    deq = [u.double() * s.double()[:, None, :, None] for u, s in ((q8, qs), (k8, ks), (v8, vs))]
+    err = ((reference(*deq) + v_mean.double() - exact).norm() / exact.norm()).item()
+    plain = [quantize_fp8(u) for u in (q, k, v)]
+    plain_deq = [u.double() * s.double()[:, None, :, None] for u, s in plain]
+    plain_err = ((reference(*plain_deq) - exact).norm() / exact.norm()).item()
+    assert err < 0.01 and err < plain_err / 2
+
+
+@pytest.mark.skipif(DEVICE != 'cuda', reason='FlashAttention-3 FP8 runs on a GPU')
+def test_fa3_fp8_within_its_error_bound():
+    try:
+        resolve_backend('cuda', 'fa3_fp8')
+    except ValueError:
+        pytest.skip('FlashAttention-3 not installed')
+    q, k, v = random_qkv(batch=2, len_q=256, len_k=256, heads=2, head_dim=128)
+    bias = torch.randn(2, 1, 1, 2, 128, generator=torch.Generator().manual_seed(1))
+    q, k, v = q.cuda(), (k + 3.0 * bias[0]).cuda(), (v + 3.0 * bias[1]).cuda()
+    out = attention(q, k, v, backend='fa3_fp8')
+    assert out.shape == q.shape and out.dtype == q.dtype
+    exact = reference(q, k, v)
+    err = ((out.double() - exact).norm() / exact.norm()).item()
+    exact_err = ((attention(q, k, v, backend='fa3').double() - exact).norm() / exact.norm()).item()
+    print(f'fa3_fp8 relative error {err:.2e} (fa3 {exact_err:.2e})')
+    assert err < 0.02
 
 
 @pytest.mark.parametrize('k_lens', [[0, 13, 13], [14, 13, 13], [13, 13]])

@@ -1,15 +1,17 @@
 """The one attention entry of the project: `attention(q, k, v, k_lens=None, backend=None)`.
 
 Shapes follow flash-attn: q [B, Lq, N, D], k/v [B, Lk, N, D] -> out [B, Lq, N, D] in q's dtype.
-Only exact kernels are used. The backend is chosen once per device type (and logged once):
+Only exact kernels are chosen automatically, once per device type (and logged once):
 
   CUDA: fa4 (FlashAttention-4, CuTe) -> fa3 (`flash_attn_interface` or `fa3_fwd_interface`)
-        -> fa2 (`flash_attn`); on Hopper (sm90) fa3 first: as fast as fa4 on self-attention, faster
-        on cross-attention, and nothing to compile at the first call (bench/NOTES.md, session 4)
-        -> sdpa (PyTorch SDPA preferring cuDNN, then flash, memory-efficient, math)
+        -> fa2 (`flash_attn`) -> sdpa (PyTorch SDPA preferring cuDNN, then flash, memory-efficient,
+        math); on Hopper (sm90) fa3 comes first: as fast as fa4 on self-attention, faster on
+        cross-attention, and nothing to compile at its first call (bench/NOTES.md, session 4)
   CPU:  sdpa (PyTorch chooses)
 
-`backend=` or the environment variable WAN_ATTENTION_BACKEND forces one of BACKENDS.
+`backend=` or the environment variable WAN_ATTENTION_BACKEND forces one of BACKENDS, among them
+the opt-in lossy `fa3_fp8`: FlashAttention-3 on FP8 (e4m3) q, k, v, one scale per sample and head,
+k and v smoothed first (`fp8_inputs`); its error against exact attention is in bench/NOTES.md.
 Precision (spec 4): on CUDA, q/k/v that are not fp16/bf16 are cast to bf16 (the reference's
 `half()`), then q/k take v's dtype; elsewhere the inputs are computed in their common dtype, so
 fp32 CPU runs are exact.
@@ -30,15 +32,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ['attention', 'compute_dtype', 'resolve_backend', 'resolve_in_background', 'BACKENDS', 'ENV_VAR']
+__all__ = ['attention', 'compute_dtype', 'fp8_inputs', 'quantize_fp8', 'resolve_backend', 'resolve_in_background',
+           'BACKENDS', 'ENV_VAR']
 
 logger = logging.getLogger(__name__)
 
 ENV_VAR = 'WAN_ATTENTION_BACKEND'
 FLASH_BACKENDS = ('fa4', 'fa3', 'fa2')
 SDPA_BACKENDS = ('sdpa', 'sdpa_cudnn', 'sdpa_flash', 'sdpa_efficient', 'sdpa_math')
-BACKENDS = FLASH_BACKENDS + SDPA_BACKENDS
-CUDA_ONLY = FLASH_BACKENDS + ('sdpa_cudnn', 'sdpa_efficient')
+LOSSY_BACKENDS = ('fa3_fp8',)  # never chosen automatically
+BACKENDS = FLASH_BACKENDS + SDPA_BACKENDS + LOSSY_BACKENDS
+CUDA_ONLY = FLASH_BACKENDS + LOSSY_BACKENDS + ('sdpa_cudnn', 'sdpa_efficient')
+FP8_MAX = 448.0  # the largest float8_e4m3fn
 
 Kernel = Callable[[Tensor, Tensor, Tensor], Tensor]  # [B, L, N, D] in and out
 
@@ -54,14 +59,41 @@ def _load_flash(name: str) -> Kernel:
         # keep FA4's compiled kernels on disk (read at import): a later run skips ~1.6 s per shape
         os.environ.setdefault('FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED', '1')
         from flash_attn.cute.interface import flash_attn_func
-    elif name == 'fa3':  # upstream's Hopper build, else the forward-only wheel `fa3-fwd`
+    elif name in ('fa3', 'fa3_fp8'):  # upstream's Hopper build, else the forward-only wheel `fa3-fwd`
         try:
             from flash_attn_interface import flash_attn_func
         except ImportError:
             from fa3_fwd_interface import flash_attn_func
+        if name == 'fa3_fp8':
+            def fp8_kernel(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+                q8, k8, v8, q_scale, k_scale, v_scale, v_mean = fp8_inputs(q, k, v)
+                out = _first(flash_attn_func(q8, k8, v8, q_descale=q_scale, k_descale=k_scale,
+                                             v_descale=v_scale))
+                return (out.float() + v_mean).to(v.dtype)
+            return fp8_kernel
     else:  # fa2; FlashAttention-4 installs a namespace `flash_attn` without this function
         from flash_attn import flash_attn_func
     return lambda q, k, v: _first(flash_attn_func(q, k, v))
+
+
+def quantize_fp8(x: Tensor) -> tuple[Tensor, Tensor]:
+    """x [B, L, N, D] -> (x / s as float8_e4m3fn, s [B, N] fp32): one scale per sample and head,
+    mapping its largest magnitude to FP8_MAX."""
+    x = x.float()
+    scale = x.abs().amax(dim=(1, 3)).clamp(min=1e-12) / FP8_MAX
+    return (x / scale[:, None, :, None]).to(torch.float8_e4m3fn), scale
+
+
+def fp8_inputs(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, ...]:
+    """FP8 q, k, v, their scales, and v's mean for `fa3_fp8`. k and v lose their means over the keys
+    first, which changes nothing once v's mean is added back to the output: each of a query's scores
+    shifts by the same q.mean(k), which softmax ignores, and each row of probabilities sums to 1, so
+    P v = P (v - mean) + mean. The narrower ranges quantize better (SageAttention's smoothing)."""
+    k, v = k.float(), v.float()
+    k = k - k.mean(dim=1, keepdim=True)
+    v_mean = v.mean(dim=1, keepdim=True)  # [B, 1, N, D]
+    (q8, q_scale), (k8, k_scale), (v8, v_scale) = quantize_fp8(q), quantize_fp8(k), quantize_fp8(v - v_mean)
+    return q8, k8, v8, q_scale, k_scale, v_scale, v_mean
 
 
 def _sdpa_kernel(name: str, device_type: str) -> Kernel:
@@ -103,14 +135,15 @@ def _select(name: str | None, device_type: str) -> tuple[str, Kernel]:
             raise ValueError(f'unknown attention backend {name!r}; choose one of {", ".join(BACKENDS)}')
         if name in CUDA_ONLY and device_type != 'cuda':
             raise ValueError(f'attention backend {name!r} needs a CUDA device, got {device_type!r}')
-        if name in FLASH_BACKENDS:
+        if name in FLASH_BACKENDS + LOSSY_BACKENDS:
             try:
                 kernel = _load_flash(name)
             except ImportError as exc:
                 raise ValueError(f'attention backend {name!r} is not installed: {exc}') from exc
         else:
             kernel = _sdpa_kernel(name, device_type)
-        logger.info('attention backend: %s on %s (forced)', name, device_type)
+        logger.info('attention backend: %s on %s (forced%s)', name, device_type,
+                    '; lossy: FP8 inputs' if name in LOSSY_BACKENDS else '')
         return name, kernel
     if device_type == 'cuda':
         for candidate in flash_order(torch.cuda.get_device_capability()):
