@@ -172,7 +172,7 @@ def test_lossy_backends_are_never_chosen_automatically():
 
 
 def test_quantize_fp8_one_scale_per_sample_and_head_within_e4m3_rounding():
-    q, _, _ = random_qkv(batch=2, len_q=40, heads=3, head_dim=16)
+    q = random_qkv(batch=2, len_q=40, heads=3, head_dim=16)[0].cpu()
     q[1, :, 2] *= 100  # one head far larger: its own scale
     q8, scale = quantize_fp8(q)
     assert q8.dtype == torch.float8_e4m3fn and q8.shape == q.shape and scale.shape == (2, 3)
@@ -186,7 +186,7 @@ def test_quantize_fp8_one_scale_per_sample_and_head_within_e4m3_rounding():
 def test_fp8_inputs_emulated_error_against_exact_attention():
     """What fa3_fp8 computes, emulated on the CPU in float64 from the dequantized FP8 inputs (the
     kernel also rounds the probabilities to FP8): within a few percent, and the smoothing helps."""
-    q, k, v = random_qkv(batch=2, len_q=64, len_k=80, heads=2, head_dim=32)
+    q, k, v = (u.cpu() for u in random_qkv(batch=2, len_q=64, len_k=80, heads=2, head_dim=32))
     bias = torch.randn(2, 1, 1, 2, 32, generator=torch.Generator().manual_seed(1))
     k, v = k + 3.0 * bias[0], v + 3.0 * bias[1]  # a bias per channel, as projections give
     exact = reference(q, k, v)
@@ -205,9 +205,9 @@ def test_fa3_fp8_within_its_error_bound():
         resolve_backend('cuda', 'fa3_fp8')
     except ValueError:
         pytest.skip('FlashAttention-3 not installed')
-    q, k, v = random_qkv(batch=2, len_q=256, len_k=256, heads=2, head_dim=128)
-    bias = torch.randn(2, 1, 1, 2, 128, generator=torch.Generator().manual_seed(1))
-    q, k, v = q.cuda(), (k + 3.0 * bias[0]).cuda(), (v + 3.0 * bias[1]).cuda()
+    q, k, v = random_qkv(batch=2, len_q=256, len_k=attention_module.FP8_MIN_KEYS, heads=2, head_dim=128)
+    bias = torch.randn(2, 1, 1, 2, 128, generator=torch.Generator().manual_seed(1)).cuda()
+    k, v = k + 3.0 * bias[0], v + 3.0 * bias[1]
     out = attention(q, k, v, backend='fa3_fp8')
     assert out.shape == q.shape and out.dtype == q.dtype
     exact = reference(q, k, v)
@@ -215,6 +215,8 @@ def test_fa3_fp8_within_its_error_bound():
     exact_err = ((attention(q, k, v, backend='fa3').double() - exact).norm() / exact.norm()).item()
     print(f'fa3_fp8 relative error {err:.2e} (fa3 {exact_err:.2e})')
     assert err < 0.02
+    short = k[:, :attention_module.FP8_MIN_KEYS - 1], v[:, :attention_module.FP8_MIN_KEYS - 1]
+    assert torch.equal(attention(q, *short, backend='fa3_fp8'), attention(q, *short, backend='fa3'))  # exact
 
 
 @pytest.mark.parametrize('k_lens', [[0, 13, 13], [14, 13, 13], [13, 13]])

@@ -11,7 +11,8 @@ Only exact kernels are chosen automatically, once per device type (and logged on
 
 `backend=` or the environment variable WAN_ATTENTION_BACKEND forces one of BACKENDS, among them
 the opt-in lossy `fa3_fp8`: FlashAttention-3 on FP8 (e4m3) q, k, v, one scale per sample and head,
-k and v smoothed first (`fp8_inputs`); its error against exact attention is in bench/NOTES.md.
+k and v smoothed first (`fp8_inputs`), on calls with at least FP8_MIN_KEYS keys (self-attention);
+its speed and error against exact attention are in bench/NOTES.md.
 Precision (spec 4): on CUDA, q/k/v that are not fp16/bf16 are cast to bf16 (the reference's
 `half()`), then q/k take v's dtype; elsewhere the inputs are computed in their common dtype, so
 fp32 CPU runs are exact.
@@ -44,6 +45,7 @@ LOSSY_BACKENDS = ('fa3_fp8',)  # never chosen automatically
 BACKENDS = FLASH_BACKENDS + SDPA_BACKENDS + LOSSY_BACKENDS
 CUDA_ONLY = FLASH_BACKENDS + LOSSY_BACKENDS + ('sdpa_cudnn', 'sdpa_efficient')
 FP8_MAX = 448.0  # the largest float8_e4m3fn
+FP8_MIN_KEYS = 4096  # shorter key sequences (cross-attention's 512 text tokens) run exact fa3: FP8 is slower there
 
 Kernel = Callable[[Tensor, Tensor, Tensor], Tensor]  # [B, L, N, D] in and out
 
@@ -240,6 +242,8 @@ def _attention(q: Tensor, k: Tensor, v: Tensor, k_lens: Tensor | Sequence[int] |
                backend: str | None) -> Tensor:
     device_type = q.device.type
     name, kernel = _selected(backend or os.environ.get(ENV_VAR) or None, device_type)
+    if name in LOSSY_BACKENDS and k.size(1) < FP8_MIN_KEYS:
+        name, kernel = _selected('fa3', device_type)
     out_dtype = q.dtype
     dtype = compute_dtype(q, k, v)
     q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
