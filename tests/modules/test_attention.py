@@ -199,6 +199,18 @@ def test_fp8_inputs_emulated_error_against_exact_attention():
     assert err < 0.01 and err < plain_err / 2
 
 
+def test_fa3_fp8_runs_exact_fa3_on_short_key_sequences(monkeypatch):
+    calls = []
+
+    def select(name, device_type):
+        return name, lambda q, k, v: calls.append((name, k.size(1))) or q
+    monkeypatch.setattr(attention_module, '_select', select)
+    q = torch.zeros(1, 8, 1, 4)
+    for keys in (attention_module.FP8_MIN_KEYS - 1, attention_module.FP8_MIN_KEYS):
+        attention(q, torch.zeros(1, keys, 1, 4), torch.zeros(1, keys, 1, 4), backend='fa3_fp8')
+    assert calls == [('fa3', attention_module.FP8_MIN_KEYS - 1), ('fa3_fp8', attention_module.FP8_MIN_KEYS)]
+
+
 @pytest.mark.skipif(DEVICE != 'cuda', reason='FlashAttention-3 FP8 runs on a GPU')
 def test_fa3_fp8_within_its_error_bound():
     try:
