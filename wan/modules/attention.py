@@ -80,9 +80,9 @@ def _load_flash(name: str) -> Kernel:
 
 def quantize_fp8(x: Tensor) -> tuple[Tensor, Tensor]:
     """x [B, L, N, D] -> (x / s as float8_e4m3fn, s [B, N] fp32): one scale per sample and head,
-    mapping its largest magnitude to FP8_MAX."""
-    x = x.float()
-    scale = x.abs().amax(dim=(1, 3)).clamp(min=1e-12) / FP8_MAX
+    mapping its largest magnitude to FP8_MAX. The division runs in fp32."""
+    largest = torch.linalg.vector_norm(x, ord=float('inf'), dim=(1, 3))  # max |x|: exact, no temporary
+    scale = largest.float().clamp(min=1e-12) / FP8_MAX
     return (x / scale[:, None, :, None]).to(torch.float8_e4m3fn), scale
 
 
@@ -91,10 +91,10 @@ def fp8_inputs(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, ...]:
     first, which changes nothing once v's mean is added back to the output: each of a query's scores
     shifts by the same q.mean(k), which softmax ignores, and each row of probabilities sums to 1, so
     P v = P (v - mean) + mean. The narrower ranges quantize better (SageAttention's smoothing)."""
-    k, v = k.float(), v.float()
-    k = k - k.mean(dim=1, keepdim=True)
-    v_mean = v.mean(dim=1, keepdim=True)  # [B, 1, N, D]
-    (q8, q_scale), (k8, k_scale), (v8, v_scale) = quantize_fp8(q), quantize_fp8(k), quantize_fp8(v - v_mean)
+    q8, q_scale = quantize_fp8(q)
+    k8, k_scale = quantize_fp8(k - k.mean(dim=1, keepdim=True, dtype=torch.float32))  # one fp32 copy at a time
+    v_mean = v.mean(dim=1, keepdim=True, dtype=torch.float32)  # [B, 1, N, D]
+    v8, v_scale = quantize_fp8(v - v_mean)
     return q8, k8, v8, q_scale, k_scale, v_scale, v_mean
 
 
