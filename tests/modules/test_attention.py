@@ -141,8 +141,10 @@ def test_fa3_loads_from_the_forward_only_wheel_when_upstream_is_missing(monkeypa
     monkeypatch.setitem(sys.modules, 'fa3_fwd_interface',
                         types.SimpleNamespace(flash_attn_func=flash_attn_func))
     q = torch.zeros(1, 2, 1, 4)
-    out = attention_module._load_flash('fa3')(q, q, q)
+    kernel = attention_module._load_flash('fa3')
+    out = kernel(q, q, q)
     assert len(calls) == 1 and torch.equal(out, q + 1)
+    assert kernel.forward_only  # this wheel has no backward
     monkeypatch.setitem(sys.modules, 'fa3_fwd_interface', None)
     with pytest.raises(ImportError):
         attention_module._load_flash('fa3')
@@ -209,6 +211,31 @@ def test_fa3_fp8_runs_exact_fa3_on_short_key_sequences(monkeypatch):
     for keys in (attention_module.FP8_MIN_KEYS - 1, attention_module.FP8_MIN_KEYS):
         attention(q, torch.zeros(1, keys, 1, 4), torch.zeros(1, keys, 1, 4), backend='fa3_fp8')
     assert calls == [('fa3', attention_module.FP8_MIN_KEYS - 1), ('fa3_fp8', attention_module.FP8_MIN_KEYS)]
+
+
+def test_forward_only_kernels_give_way_to_sdpa_when_gradients_are_needed(monkeypatch):
+    """The forward-only FA3 wheel and FP8 have no backward: a call that needs gradients (training)
+    runs SDPA, exact and differentiable; inference keeps the fast kernel."""
+    calls = []
+
+    def forward_only(q, k, v):
+        calls.append('fa3')
+        return q.detach().clone()
+    forward_only.forward_only = True
+    sdpa = attention_module._sdpa_kernel('sdpa', 'cpu')
+
+    def select(name, device_type):
+        if name == 'sdpa':
+            return name, lambda q, k, v: calls.append('sdpa') or sdpa(q, k, v)
+        return 'fa3', forward_only
+    monkeypatch.setattr(attention_module, '_select', select)
+    q, k, v = (u.cpu().requires_grad_() for u in random_qkv())
+    attention(q, k, v).sum().backward()
+    assert calls == ['sdpa'] and q.grad is not None
+    with torch.no_grad():
+        attention(q, k, v)
+    attention(q.detach(), k.detach(), v.detach())
+    assert calls == ['sdpa', 'fa3', 'fa3']
 
 
 @pytest.mark.skipif(DEVICE != 'cuda', reason='FlashAttention-3 FP8 runs on a GPU')

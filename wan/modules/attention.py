@@ -56,7 +56,9 @@ def _first(result: Tensor | tuple) -> Tensor:
 
 
 def _load_flash(name: str) -> Kernel:
-    """Import a flash-attn kernel lazily; ImportError when the package is not installed."""
+    """Import a flash-attn kernel lazily; ImportError when the package is not installed. A kernel
+    without a backward pass (the forward-only FA3 wheel, FP8) has `forward_only = True`."""
+    forward_only = False
     if name == 'fa4':
         # keep FA4's compiled kernels on disk (read at import): a later run skips ~1.6 s per shape
         os.environ.setdefault('FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED', '1')
@@ -66,16 +68,22 @@ def _load_flash(name: str) -> Kernel:
             from flash_attn_interface import flash_attn_func
         except ImportError:
             from fa3_fwd_interface import flash_attn_func
+            forward_only = True
         if name == 'fa3_fp8':
             def fp8_kernel(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
                 q8, k8, v8, q_scale, k_scale, v_scale, v_mean = fp8_inputs(q, k, v)
                 out = _first(flash_attn_func(q8, k8, v8, q_descale=q_scale, k_descale=k_scale,
                                              v_descale=v_scale))
                 return (out.float() + v_mean).to(v.dtype)
+            fp8_kernel.forward_only = True
             return fp8_kernel
     else:  # fa2; FlashAttention-4 installs a namespace `flash_attn` without this function
         from flash_attn import flash_attn_func
-    return lambda q, k, v: _first(flash_attn_func(q, k, v))
+
+    def kernel(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        return _first(flash_attn_func(q, k, v))
+    kernel.forward_only = forward_only
+    return kernel
 
 
 def quantize_fp8(x: Tensor) -> tuple[Tensor, Tensor]:
@@ -244,6 +252,9 @@ def _attention(q: Tensor, k: Tensor, v: Tensor, k_lens: Tensor | Sequence[int] |
     name, kernel = _selected(backend or os.environ.get(ENV_VAR) or None, device_type)
     if name in LOSSY_BACKENDS and k.size(1) < FP8_MIN_KEYS:
         name, kernel = _selected('fa3', device_type)
+    if getattr(kernel, 'forward_only', False) and torch.is_grad_enabled() and (
+            q.requires_grad or k.requires_grad or v.requires_grad):  # training: an exact kernel with a backward
+        name, kernel = _selected('sdpa', device_type)
     out_dtype = q.dtype
     dtype = compute_dtype(q, k, v)
     q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
