@@ -84,8 +84,7 @@ def _page_lock(buffer: torch.Tensor, ranges: list[tuple[int, int]], device: torc
             for done, (begin, end) in enumerate(ranges):
                 error = int(cudart.cudaHostRegister(buffer.data_ptr() + begin, end - begin, _REGISTER_PORTABLE))
                 if error:
-                    for registered, _ in ranges[:done]:
-                        cudart.cudaHostUnregister(buffer.data_ptr() + registered)
+                    _unregister(buffer, ranges[:done])
                     return error
                 time.sleep(0.001)  # let a waiting thread take the driver's lock between pieces
             return 0
